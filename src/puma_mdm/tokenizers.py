@@ -91,6 +91,7 @@ class BPETokenizer(Tokenizer):
                 f"tokenizer has no {SPECIALS[0]} / {SPECIALS[1]} tokens at ids 0 / 1; train it "
                 "with puma (task.options.tokenizer=bpe)"
             )
+        hf_tokenizer.encode_special_tokens = True  # "<eos>" in a text is text, not the id
         self.hf = hf_tokenizer
 
     @classmethod

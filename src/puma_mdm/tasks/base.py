@@ -67,7 +67,7 @@ class Task(ABC):
         """Files (name → text) saved beside trained weights, e.g. a trained tokenizer."""
         return {}
 
-    def restore(self, directory: Path) -> None:
+    def restore(self, directory: Path) -> None:  # noqa: B027  (optional; most tasks save nothing)
         """Reload what :meth:`artifacts` wrote, when loading a trained model from ``directory``."""
 
     def load_examples(self, path: str | Path) -> Examples:

@@ -15,6 +15,7 @@ from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -42,6 +43,7 @@ class TokenizedTask(Task):
     """A task whose sequences are tokenized text. Subclasses give the texts a BPE tokenizer is
     trained on and how a prompt is encoded."""
 
+    needs_prompt: ClassVar[bool] = False  # whether generation must start from a prompt
     _tokenizer: Tokenizer | None = None
 
     @abstractmethod

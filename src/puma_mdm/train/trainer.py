@@ -133,7 +133,7 @@ class Trainer:
         )
         self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema > 0 else None
         self.step = 0
-        self.best_accuracy = -1.0
+        self.best_accuracy = -math.inf  # best score(): accuracy, or −NLL without accuracy
         self.skipped = 0
         self.sequences_seen = 0  # by all ranks, counted in train_step
         self.stop_requested = False  # a stop signal reached some rank (agreed every step)
@@ -279,11 +279,17 @@ class Trainer:
         return model
 
     def run_eval(self) -> dict[str, float]:
-        """Accuracy, NFE per batch and NLL bound on the held-out set; each rank evaluates every
-        ``world_size``-th example and the sums are all-reduced."""
+        """Accuracy, NFE per batch and NLL bound on the held-out set (only the NLL bound and
+        perplexity for tasks without accuracy); each rank evaluates every ``world_size``-th
+        example and the sums are all-reduced."""
         e = self.cfg.eval
         model = self.eval_model()
         share = self.eval_set[self.dist.rank :: self.dist.world_size]
+        if not self.task.scores_outputs:  # text corpora: judged by likelihood alone
+            nll = nll_bound(model, share, self.task.mask_id, batch_size=e.batch_size)
+            nll_sum, total = self.dist.all_sum([nll * len(share), len(share)])
+            nll = nll_sum / total
+            return {"nll": nll, "perplexity": math.exp(nll), "n": int(total)}
         local = evaluate(
             model,
             self.task,
@@ -306,8 +312,13 @@ class Trainer:
         }
 
     def record_files(self) -> dict[str, str]:
-        """What is written beside saved weights: the resolved config and the task they solve."""
-        return {"config.yaml": to_yaml(self.cfg), TASK_FILE: task_record(self.cfg)}
+        """What is written beside saved weights: the resolved config, the task they solve and
+        the task's own files (a trained tokenizer)."""
+        return {
+            "config.yaml": to_yaml(self.cfg),
+            TASK_FILE: task_record(self.cfg),
+            **self.task.artifacts(),
+        }
 
     def rank_state(self) -> dict:
         """What differs between ranks: the forward process (PUMA pool, data position) and RNGs."""
@@ -401,7 +412,7 @@ class Trainer:
                 if self.step == t.steps or (cfg.eval.every and self.step % cfg.eval.every == 0):
                     metrics = self._evaluate_and_publish(log)
                     if main:
-                        bar.write(f"step {self.step}: eval accuracy {metrics['accuracy']:.3f}")
+                        bar.write(f"step {self.step}: eval {headline(metrics)}")
                 due = cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0
                 if self.step == t.steps or due or self.stop_requested:
                     path = self.save()
@@ -430,8 +441,8 @@ class Trainer:
         log.write(
             self.step, {f"eval/{k}": v for k, v in metrics.items()} | {"skipped": self.skipped}
         )
-        if metrics["accuracy"] > self.best_accuracy:
-            self.best_accuracy = metrics["accuracy"]
+        if score(metrics) > self.best_accuracy:
+            self.best_accuracy = score(metrics)
             if self.dist.is_main:
                 write_model_dir(
                     self.eval_model(),
@@ -442,6 +453,17 @@ class Trainer:
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def score(metrics: dict) -> float:
+    """What ``best/`` maximises: accuracy, or −NLL for tasks judged by likelihood alone."""
+    return metrics["accuracy"] if "accuracy" in metrics else -metrics["nll"]
+
+
+def headline(metrics: dict) -> str:
+    if "accuracy" in metrics:
+        return f"accuracy {metrics['accuracy']:.3f}"
+    return f"nll {metrics['nll']:.4f} (perplexity {metrics['perplexity']:.2f})"
 
 
 class Logger:
