@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from puma_mdm.errors import ConfigError
+from puma_mdm.losses import LOSS_NORMS
 from puma_mdm.sampling import POLICIES
 
 STRATEGIES = ("standard", "progressive")
@@ -57,6 +58,7 @@ class TrainingSection:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     loss_form: str = "count"  # random-masking ELBO form: count (1/n) | continuous (1/t)
+    loss_norm: str = "sequence"  # sequence (1/n_b, the ELBO) | token (mean over masked tokens)
     ema: float = 0.0  # EMA decay of the weights (0 = off); evaluation uses the EMA weights
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -156,6 +158,10 @@ def validate(cfg: Config) -> None:
     need(0 <= t.min_lr_ratio <= 1, f"training.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
     need(0 <= t.ema < 1, f"training.ema must be in [0, 1), got {t.ema}")
     need(t.loss_form in ("count", "continuous"), f"training.loss_form: {t.loss_form!r} unknown")
+    need(
+        t.loss_norm in LOSS_NORMS,
+        f"training.loss_norm: {t.loss_norm!r} unknown; choose one of {LOSS_NORMS}",
+    )
     need(t.autocast in AUTOCAST, f"training.autocast: {t.autocast!r} is not one of {AUTOCAST}")
     need(
         t.puma.mode in ("standard", "confidence_collapse"),

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from puma_mdm.errors import CheckpointError, ConfigError, PumaError
 from puma_mdm.evaluate import evaluate, nll_bound
-from puma_mdm.losses import mdm_loss
+from puma_mdm.losses import mdm_loss, normalize_loss
 from puma_mdm.masking import Batch, ExampleStream, ProgressivePool, RandomMasking
 from puma_mdm.model import ModelConfig, Transformer
 from puma_mdm.pretrained import TASK_FILE
@@ -242,7 +242,7 @@ class Trainer:
         """One optimiser step; returns the loss (averaged over ranks), or None when a
         non-finite loss was skipped."""
         t = self.cfg.training
-        batch = self.process.batch(self.step)
+        batch = normalize_loss(self.process.batch(self.step), t.loss_norm)
         self.optimizer.zero_grad(set_to_none=True)
         loss, logits = self._forward_backward(batch)
         value = self._agree(float(loss))
