@@ -28,9 +28,15 @@ FORMS = ("joint", "marginal")
 
 
 def digit_nll(logits: torch.Tensor, x0: torch.Tensor, codec: PrimeCodec) -> torch.Tensor:
-    """−log p(digit_j = digit_j(x0_i) | y_t) for every digit: (B, L, C) → (B, L, ℓ), in float32."""
-    marginals = codec.digit_log_marginals(logits.float().log_softmax(-1))  # (B, L, ℓ, b)
-    return -marginals.gather(-1, codec.encode(x0).unsqueeze(-1)).squeeze(-1)
+    """−log p(digit_j = digit_j(x0_i) | y_t) for every digit: (B, L, C) → (B, L, ℓ), in float32.
+
+    Only the target digit's marginal is summed (it always contains ``x0_i``, so it is finite);
+    marginals of values no consistent class has would be log 0 and poison the gradient."""
+    log_probs = logits.float().log_softmax(-1)
+    classes = codec.encode(torch.arange(codec.classes, device=logits.device))  # (C, ℓ)
+    target = codec.encode(x0)  # (B, L, ℓ)
+    members = target.unsqueeze(-1) == classes.T  # (B, L, ℓ, C): digit j of class x is the target's
+    return -torch.logsumexp(log_probs.unsqueeze(-2).masked_fill(~members, -torch.inf), dim=-1)
 
 
 def prime_loss(
