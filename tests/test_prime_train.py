@@ -176,3 +176,22 @@ def test_sudoku_prime_config_builds_a_prime_model():
     tied = load_config(bundled_config("sudoku-prime"), ["model.tie_head=true"])
     with pytest.raises(ConfigError, match="tie_head"):
         build_model(tied, build_task(cfg.task.name, cfg.task.options))
+
+
+def test_bench_prime_trains_one_arm_per_digit_count(tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "prime", "--task", "sort", "--digits", "1,2", "--steps", "10"]
+    args += ["--eval-examples", "30", "--nll-samples", "1", "--out-dir", str(out), *TINY]
+    assert main(args) == 0
+    report = json.loads((out / "prime.json").read_text())
+    one, two = report["arms"]
+    assert (one["digits"], one["base"], two["digits"], two["base"]) == (1, 10, 2, 4)
+    assert one["nll"] == one["nll_joint"]  # ℓ = 1: both forms are the MDM bound
+    assert one["parameters"] > two["parameters"]  # 11 embedding rows of 32 vs 5 rows of 16
+    (row1,), (row2,) = one["ancestral"], two["ancestral"]
+    assert row1["time_steps"] == row2["time_steps"] == 10  # the sequence length
+    assert row2["idle_fraction"] < row1["idle_fraction"]  # 10 digits to place instead of 5
+    assert (out / "digits-2" / "model" / "model.safetensors").is_file()
+    assert "NLL bound" in capsys.readouterr().out
+    assert main(["bench", "prime", "--task", "sort", "--digits", "0,2", "--out-dir", str(out)]) == 2
+    assert "--digits must be integers ≥ 1" in capsys.readouterr().err
