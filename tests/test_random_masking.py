@@ -87,8 +87,9 @@ def test_token_normalisation_is_the_mean_over_masked_tokens_and_splits_exactly()
     plain = torch.nn.functional.cross_entropy(logits[m], x0[m])
     torch.testing.assert_close(mdm_loss(logits, batch), plain)
     # micro-batches of the normalised batch average back to the full-batch loss
+    fields = Batch.__dataclass_fields__
     halves = [
-        mdm_loss(logits[rows], Batch(*(getattr(batch, f)[rows] for f in Batch.__dataclass_fields__)))
+        mdm_loss(logits[rows], Batch(*(getattr(batch, f)[rows] for f in fields)))
         for rows in (slice(0, 3), slice(3, 6))
     ]
     torch.testing.assert_close(sum(halves) / 2, plain)

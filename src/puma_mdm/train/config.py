@@ -20,6 +20,12 @@ AUTOCAST = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
+class PrimeSection:
+    digits: int = 0  # MDM-Prime: sub-tokens per token ℓ (0 = off); base b = ⌈C^(1/ℓ)⌉
+    loss: str = "joint"  # training loss: joint (published) | marginal (the NLL bound itself)
+
+
+@dataclass
 class ModelSection:
     dim: int = 128  # width of the residual stream
     n_layers: int = 4  # Transformer blocks
@@ -30,6 +36,7 @@ class ModelSection:
     task_positions: bool = True  # add the task's structured position tables (Sudoku row/col/box)
     tie_head: bool = False  # share the output head with the token embedding
     dropout: float = 0.0
+    prime: PrimeSection = field(default_factory=PrimeSection)  # partial masking (prime/)
 
 
 @dataclass
@@ -174,6 +181,13 @@ def validate(cfg: Config) -> None:
     need(
         cfg.logging.wandb_mode in ("offline", "online"),
         f"logging.wandb_mode: {cfg.logging.wandb_mode!r} is not offline or online",
+    )
+    need(
+        cfg.model.prime.digits >= 0, f"model.prime.digits must be ≥ 0, got {cfg.model.prime.digits}"
+    )
+    need(
+        cfg.model.prime.loss in ("joint", "marginal"),
+        f"model.prime.loss: {cfg.model.prime.loss!r} is not joint or marginal",
     )
     need(e.policy in POLICIES, f"eval.policy: {e.policy!r} is not one of {sorted(POLICIES)}")
     need(e.k >= 1, f"eval.k must be ≥ 1, got {e.k}")
