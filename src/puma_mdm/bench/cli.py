@@ -39,8 +39,11 @@ def check_task(config: Path, overrides: list[str], task: str | None) -> None:
 
 
 def cmd_speedup(args: argparse.Namespace) -> int:
-    from puma_mdm.bench.speedup import run_speedup
+    from puma_mdm.bench.speedup import merge_reports, run_speedup
 
+    if args.merge:
+        merge_reports(args.merge, args.out_dir)
+        return 0
     config = resolve_config(args.config, args.task)
     check_task(config, args.overrides, args.task)
     run_speedup(
@@ -48,6 +51,7 @@ def cmd_speedup(args: argparse.Namespace) -> int:
         args.overrides,
         args.out_dir,
         seeds=args.seeds,
+        first_seed=args.first_seed,
         steps=args.steps,
         budget_minutes=args.budget_minutes,
         eval_every=args.eval_every,
@@ -141,7 +145,15 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument(
         "--budget-minutes", type=float, help="stop an arm once its training time exceeds this"
     )
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, …), each both arms")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, each both arms")
+    p.add_argument("--first-seed", type=int, default=0, help="the first seed (then +1, +2, …)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="REPORT",
+        help="instead of training, pool the complete seeds of these speedup.json files "
+        "(or run directories) into --out-dir",
+    )
     p.add_argument("--eval-every", type=int, default=250, help="steps between evaluations")
     p.add_argument("--eval-examples", type=int, default=200, help="held-out examples evaluated")
     p.add_argument(
