@@ -8,6 +8,7 @@ from puma_mdm.bench.speedup import (
     censored_median,
     first_reach,
     format_summary,
+    merge_reports,
     present_median,
     ratio,
     run_speedup,
@@ -134,6 +135,27 @@ def test_speedup_smoke_writes_json_png_and_both_curves(tmp_path):
         assert (out / f"seed{run['seed']}" / "progressive" / "model" / "config.json").is_file()
     assert saved["summary"]["seeds"] == 2
     assert set(saved["summary"]["targets"]) == {"0.01", "0.99"}
+
+
+def test_seeds_run_apart_merge_into_one_report(tmp_path):
+    kwargs = dict(seeds=1, steps=4, eval_every=2, eval_examples=10, targets=[0.01, 0.99])
+    a = run_speedup(bundled_config("sort"), TINY, tmp_path / "a", **kwargs)
+    b = run_speedup(bundled_config("sort"), TINY, tmp_path / "b", first_seed=1, **kwargs)
+    assert [r["seed"] for r in b["runs"]] == [1]
+    merged = merge_reports([tmp_path / "b", tmp_path / "a" / "speedup.json"], tmp_path / "m")
+    assert merged["settings"]["seeds"] == [0, 1] and merged["summary"]["seeds"] == 2
+    assert (tmp_path / "m" / "speedup.png").stat().st_size > 0
+    for arm in ("standard", "progressive"):
+        accs = [[p["accuracy"] for p in r["runs"][0]["arms"][arm]["curve"]] for r in (a, b)]
+        band = merged["summary"]["curves"][arm]
+        assert band["min"] == [min(x) for x in zip(*accs, strict=True)]
+        assert band["max"] == [max(x) for x in zip(*accs, strict=True)]
+    with pytest.raises(PumaError, match="seed 0 appears twice"):
+        merge_reports([tmp_path / "a", tmp_path / "a"], tmp_path / "m2")
+    c = run_speedup(bundled_config("sort"), TINY, tmp_path / "c", **{**kwargs, "steps": 6})
+    assert c["settings"]["steps"] == 6
+    with pytest.raises(PumaError, match="setting 'steps' differs"):
+        merge_reports([tmp_path / "a", tmp_path / "c"], tmp_path / "m3")
 
 
 def test_speedup_arms_train_exactly_like_standalone_runs(tmp_path):

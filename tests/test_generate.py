@@ -1,4 +1,5 @@
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -114,3 +115,23 @@ def test_sample_command(text_run, capsys):
 def test_sample_refuses_a_sudoku_model(capsys):
     assert main(["sample", "--model", "src/puma_mdm/assets/sudoku"]) == 2
     assert "puma solve" in capsys.readouterr().err
+
+
+def test_prime_models_train_and_evaluate_on_text(text_run, capsys):
+    """MDM-Prime on a corpus: the trainer's evaluation and `puma eval` report the
+    digit-marginal bound and idle steps, and no accuracy."""
+    run = text_run / "prime"
+    args = ["train", "--config", "text", "--data", str(text_run / "corpus.txt")]
+    args += ["--out-dir", str(run), *TINY, "model.prime.digits=2", "task.options.seq_len=48"]
+    assert main(args) == 0
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "eval/accuracy" not in last and last["eval/nll_joint"] > 0
+    assert last["eval/perplexity"] == pytest.approx(math.exp(last["eval/nll"]))
+    out = text_run / "prime-eval.json"
+    eval_args = ["--policies", "random", "--time-steps", "8", "--out", str(out)]
+    assert main(["eval", "--model", str(run), *eval_args]) == 0
+    report = json.loads(out.read_text())["prime"]
+    assert report["digits"] == 2 and report["nll"] > 0
+    (row,) = report["ancestral"]
+    assert row["accuracy"] is None and 0 <= row["idle_fraction"] <= 1
+    assert "—" in capsys.readouterr().out

@@ -49,7 +49,9 @@ def test_eval_scores_executed_programs(math_run, capsys):
 
 
 def test_sample_writes_a_program_for_a_question(math_run, capsys):
-    question = "Ben has 7 coins. He finds 3 coins on the way home. How many coins does Ben have now?"
+    question = (
+        "Ben has 7 coins. He finds 3 coins on the way home. How many coins does Ben have now?"
+    )
     assert main(["sample", "--model", str(math_run), "--prompt", question, "--k", "8"]) == 0
     assert capsys.readouterr().out.startswith(question + "\n")
 

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from puma_mdm.losses import mdm_loss
-from puma_mdm.masking import ExampleStream, mask_continuous, mask_count
+from puma_mdm.losses import mdm_loss, normalize_loss
+from puma_mdm.masking import Batch, ExampleStream, mask_continuous, mask_count
 from puma_mdm.model import ModelConfig, Transformer
 
 MASK = 9
@@ -75,6 +75,27 @@ def test_loss_ignores_prompt_and_unmasked_positions():
     poisoned = logits.clone()
     poisoned[~batch.masked] = 1e4 * torch.randn_like(poisoned[~batch.masked])
     torch.testing.assert_close(mdm_loss(logits, batch), mdm_loss(poisoned, batch))
+
+
+def test_token_normalisation_is_the_mean_over_masked_tokens_and_splits_exactly():
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randint(0, 5, (6, 12), generator=g)
+    prompt = torch.zeros_like(x0, dtype=torch.bool)
+    batch = normalize_loss(mask_count(x0, prompt, 5, g), "token")
+    logits = torch.randn(6, 12, 5, generator=g)
+    m = batch.masked
+    plain = torch.nn.functional.cross_entropy(logits[m], x0[m])
+    torch.testing.assert_close(mdm_loss(logits, batch), plain)
+    # micro-batches of the normalised batch average back to the full-batch loss
+    fields = Batch.__dataclass_fields__
+    halves = [
+        mdm_loss(logits[rows], Batch(*(getattr(batch, f)[rows] for f in fields)))
+        for rows in (slice(0, 3), slice(3, 6))
+    ]
+    torch.testing.assert_close(sum(halves) / 2, plain)
+    assert normalize_loss(batch, "sequence") is batch
+    with pytest.raises(ValueError, match="loss normalisation"):
+        normalize_loss(batch, "row")
 
 
 def test_stream_rejects_prompt_covering_whole_sequence():

@@ -85,6 +85,7 @@ def test_cli_help_lists_every_option():
         ("training.steps=many", "training.steps"),
         ("eval.k=0", "eval.k must be ≥ 1"),
         ("eval.policy=best", "eval.policy"),
+        ("training.loss_norm=batch", "training.loss_norm"),
         ("task.options.lenght=3", "unknown option"),
         ("task.options.length=x", "task.options.length: expected int"),
     ],

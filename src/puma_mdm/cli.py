@@ -79,25 +79,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, task = load_trained(args.model, expect_task=args.task)
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
-    if not task.scores_outputs:  # text corpora: the NLL bound, no decoding accuracy
+    prime = getattr(model, "codec", None) is not None
+    if not task.scores_outputs and not prime:  # text corpora: the NLL bound, no accuracy
         return report_likelihood(args, model, task, examples)
-    rows = policy_table(
-        model,
-        task,
-        examples,
-        policies=split_list(args.policies, str),
-        ks=split_list(args.ks, int),
-        thresholds=split_list(args.thresholds, float),
-        batch_size=args.batch_size,
-        autocast_dtype=None if args.fp32 else torch.bfloat16,
-    )
     print(f"{task.name}: {len(examples)} examples, model {resolve_model_dir(args.model)}")
-    print(format_table(rows))
+    record = {"model": str(args.model), "data": args.data}
+    if task.scores_outputs:
+        record["rows"] = policy_table(
+            model,
+            task,
+            examples,
+            policies=split_list(args.policies, str),
+            ks=split_list(args.ks, int),
+            thresholds=split_list(args.thresholds, float),
+            batch_size=args.batch_size,
+            autocast_dtype=None if args.fp32 else torch.bfloat16,
+        )
+        print(format_table(record["rows"]))
+    if prime:  # MDM-Prime: NLL bound, NFE, idle steps
+        from puma_mdm.prime.evaluate import format_prime, prime_eval
+
+        record["prime"] = prime_eval(
+            model,
+            task,
+            examples,
+            policies=split_list(args.policies, str),
+            time_steps=split_list(args.time_steps, int) if args.time_steps else [task.seq_len],
+            nll_samples=args.nll_samples,
+            batch_size=args.batch_size,
+            autocast_dtype=None if args.fp32 else torch.bfloat16,
+        )
+        print(format_prime(record["prime"]))
     out = Path(args.out) if args.out else resolve_model_dir(args.model) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"model": str(args.model), "data": args.data, "rows": rows}, indent=2)
-    )
+    out.write_text(json.dumps(record, indent=2))
     print(f"wrote {out}")
     return 0
 
@@ -221,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp32", action="store_true", help="decode in float32 instead of bf16 autocast")
     p.add_argument(
         "--samples", type=int, default=4, help="text tasks: Monte-Carlo draws of the NLL bound"
+    )
+    p.add_argument(
+        "--time-steps",
+        help="MDM-Prime models: comma-separated step counts T of the ancestral sampler whose "
+        "NFE and idle steps are reported (default: the sequence length)",
+    )
+    p.add_argument(
+        "--nll-samples", type=int, default=1, help="MDM-Prime models: mask draws for the NLL bound"
     )
     p.add_argument("--out", help="JSON output file (default: MODEL/eval.json)")
     p.set_defaults(func=cmd_eval)

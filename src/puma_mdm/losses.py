@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 
 from puma_mdm.masking.base import Batch
+
+LOSS_NORMS = ("sequence", "token")
 
 
 def masked_cross_entropy(
@@ -23,3 +27,22 @@ def masked_cross_entropy(
 def mdm_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """The MDM loss of a batch from any forward process (its weights pick the ELBO form)."""
     return masked_cross_entropy(logits, batch.x0, batch.masked, batch.weights)
+
+
+def normalize_loss(batch: Batch, norm: str) -> Batch:
+    """Choose how the masked cross-entropies of a batch are averaged.
+
+    * ``sequence``: keep the forward process's weights ``w_b = 1/n_b``. Every sequence counts
+      equally, and the loss is an unbiased estimate of the per-token NLL bound (the ELBO).
+    * ``token``: ``w_b = B / Σ_b n_b``, so the loss is the plain mean over all masked tokens
+      of the batch. Heavily masked states (where decoding starts) get more of the gradient;
+      not a likelihood bound, so report likelihoods with ``nll_bound`` either way.
+
+    Apply it to the whole batch before splitting it for gradient accumulation: the micro-batch
+    losses then add up to exactly the full-batch loss."""
+    if norm == "sequence":
+        return batch
+    if norm != "token":
+        raise ValueError(f"unknown loss normalisation {norm!r}; choose one of {LOSS_NORMS}")
+    total = batch.masked.sum().clamp(min=1).float()
+    return replace(batch, weights=torch.full_like(batch.weights, len(batch.x0)) / total)

@@ -45,6 +45,7 @@ class ModelConfig:
     tie_head: bool = False
     dropout: float = 0.0
     norm_eps: float = 1e-6
+    prime_digits: int = 0  # MDM-Prime: digits per token ℓ (0 = a plain token model; prime/)
 
     @property
     def mask_id(self) -> int:
@@ -85,6 +86,17 @@ class ModelConfig:
                 f"position table {name!r} has {len(table)} entries, seq_len is {self.seq_len}",
             )
             need(min(table) >= 0, f"position table {name!r} has negative entries")
+        need(self.prime_digits >= 0, f"prime_digits must be ≥ 0, got {self.prime_digits}")
+        if self.prime_digits:
+            need(
+                self.dim % self.prime_digits == 0,
+                f"dim={self.dim} must be divisible by prime_digits={self.prime_digits} (each "
+                "digit embedding is dim/ℓ wide)",
+            )
+            need(
+                not self.tie_head or self.prime_digits == 1,
+                "tie_head needs one embedding row per class; with prime_digits > 1 rows are digits",
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -199,7 +211,7 @@ class Transformer(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size + 1, cfg.dim)
+        self.embed = self.token_embedding(cfg)
         self.position_embeds = nn.ModuleDict(
             {name: nn.Embedding(max(t) + 1, cfg.dim) for name, t in cfg.position_tables.items()}
         )
@@ -215,6 +227,11 @@ class Transformer(nn.Module):
         # A tied head reuses the first vocab_size embedding rows (the mask row has no class).
         self.head = None if cfg.tie_head else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
+
+    @staticmethod
+    def token_embedding(cfg: ModelConfig) -> nn.Module:
+        """ids (B, L) → (B, L, dim); one row per token plus the mask."""
+        return nn.Embedding(cfg.vocab_size + 1, cfg.dim)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -262,7 +279,8 @@ class Transformer(nn.Module):
     def from_pretrained(
         cls, directory: str | Path, map_location: str | torch.device = "cpu"
     ) -> Transformer:
-        """Load a model written by :meth:`save_pretrained`."""
+        """Load a model written by :meth:`save_pretrained` (an MDM-Prime model as
+        :class:`~puma_mdm.prime.model.PrimeTransformer`)."""
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
@@ -275,6 +293,10 @@ class Transformer(nn.Module):
             cfg = ModelConfig.from_dict(json.loads(config_path.read_text()))
         except (json.JSONDecodeError, TypeError) as err:
             raise ModelLoadError(f"{config_path}: not a valid model config ({err})") from err
+        if cfg.prime_digits and cls is Transformer:
+            from puma_mdm.prime.model import PrimeTransformer
+
+            cls = PrimeTransformer
         model = cls(cfg)
         try:
             state = load_file(str(weights_path), device=str(map_location))

@@ -115,7 +115,26 @@ def sample(
     autocast_dtype: torch.dtype | None = None,
 ) -> SampleResult:
     """Fill every ``mask_id`` position of ``x_t`` (B, L). With none of ``k``, ``steps``,
-    ``threshold`` given, ``k=1``. ``model`` maps ids (B, L) to logits (B, L, V)."""
+    ``threshold`` given, ``k=1``. ``model`` maps ids (B, L) to logits (B, L, V). An MDM-Prime
+    model (one with a ``codec``) is sampled digit by digit (:mod:`puma_mdm.prime.sampling`)."""
+    codec = getattr(model, "codec", None)
+    if codec is not None:
+        from puma_mdm.prime.sampling import sample_tokens
+
+        return sample_tokens(
+            model,
+            x_t,
+            mask_id,
+            codec,
+            policy=policy,
+            k=k,
+            steps=steps,
+            threshold=threshold,
+            temperature=temperature,
+            generator=generator,
+            record_order=record_order,
+            autocast_dtype=autocast_dtype,
+        )
     if k is None and steps is None and threshold is None:
         k = 1
     check_sampling_args(policy, k, steps, threshold, temperature)

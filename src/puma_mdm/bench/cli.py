@@ -1,5 +1,5 @@
-"""``puma bench speedup | throughput``: argument parsing; the work is in speedup.py and
-throughput.py."""
+"""``puma bench speedup | throughput | prime``: argument parsing; the work is in speedup.py,
+throughput.py and prime.py."""
 
 from __future__ import annotations
 
@@ -39,8 +39,11 @@ def check_task(config: Path, overrides: list[str], task: str | None) -> None:
 
 
 def cmd_speedup(args: argparse.Namespace) -> int:
-    from puma_mdm.bench.speedup import run_speedup
+    from puma_mdm.bench.speedup import merge_reports, run_speedup
 
+    if args.merge:
+        merge_reports(args.merge, args.out_dir)
+        return 0
     config = resolve_config(args.config, args.task)
     check_task(config, args.overrides, args.task)
     run_speedup(
@@ -48,6 +51,7 @@ def cmd_speedup(args: argparse.Namespace) -> int:
         args.overrides,
         args.out_dir,
         seeds=args.seeds,
+        first_seed=args.first_seed,
         steps=args.steps,
         budget_minutes=args.budget_minutes,
         eval_every=args.eval_every,
@@ -94,16 +98,35 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prime(args: argparse.Namespace) -> int:
+    from puma_mdm.bench.prime import run_prime_bench
+
+    config = resolve_config(args.config, args.task)
+    check_task(config, args.overrides, args.task)
+    run_prime_bench(
+        config,
+        args.overrides,
+        args.out_dir,
+        digits=parse_list(args.digits, int, "--digits"),
+        steps=args.steps,
+        time_steps=parse_list(args.time_steps, int, "--time-steps") or None,
+        eval_examples=args.eval_examples,
+        nll_samples=args.nll_samples,
+        policy=args.policy,
+    )
+    return 0
+
+
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``bench`` (with ``speedup`` and ``throughput``) to the ``puma`` command's
     sub-parsers; each sub-command sets ``func``."""
     bench = subparsers.add_parser(
         "bench",
-        help="benchmarks: PUMA's training speed-up, training and sampling throughput",
+        help="benchmarks: PUMA's training speed-up, training and sampling throughput, MDM-Prime",
         description="Benchmarks. Results go to JSON (and a PNG for speedup) in --out-dir.",
     )
     sub = bench.add_subparsers(
-        dest="benchmark", required=True, metavar="BENCHMARK", help="speedup or throughput"
+        dest="benchmark", required=True, metavar="BENCHMARK", help="speedup, throughput or prime"
     )
 
     p = sub.add_parser(
@@ -122,7 +145,15 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument(
         "--budget-minutes", type=float, help="stop an arm once its training time exceeds this"
     )
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, …), each both arms")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, each both arms")
+    p.add_argument("--first-seed", type=int, default=0, help="the first seed (then +1, +2, …)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="REPORT",
+        help="instead of training, pool the complete seeds of these speedup.json files "
+        "(or run directories) into --out-dir",
+    )
     p.add_argument("--eval-every", type=int, default=250, help="steps between evaluations")
     p.add_argument("--eval-examples", type=int, default=200, help="held-out examples evaluated")
     p.add_argument(
@@ -170,4 +201,27 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
     p.set_defaults(func=cmd_throughput)
+
+    p = sub.add_parser(
+        "prime",
+        help="MDM-Prime with ℓ digits per token: NLL bound, NFE and idle steps per ℓ",
+        description=(
+            "Train one arm per digit count ℓ (only model.prime.digits differs; ℓ = 1 is the "
+            "plain MDM), then report on the held-out set: the NLL bound (digit-marginal form) "
+            "and the joint form beside it, and NFE and idle-step fraction of ancestral decoding."
+        ),
+    )
+    p.add_argument("--task", help="task; picks the bundled config of that name (default sudoku)")
+    p.add_argument("--config", help="YAML config file or bundled config name (default: the task's)")
+    p.add_argument("--digits", default="1,2,4", help="comma-separated digit counts ℓ")
+    p.add_argument("--steps", type=int, help="training steps per arm (sets training.steps)")
+    p.add_argument(
+        "--time-steps", default="", help="ancestral steps T, comma-separated (default: length)"
+    )
+    p.add_argument("--policy", default="random", help="unmasking policy of the ancestral decoder")
+    p.add_argument("--eval-examples", type=int, default=500, help="held-out examples evaluated")
+    p.add_argument("--nll-samples", type=int, default=4, help="mask draws for the NLL bound")
+    p.add_argument("--out-dir", default="runs/bench-prime", help="where prime.json is written")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
+    p.set_defaults(func=cmd_prime)
     return bench

@@ -12,6 +12,7 @@ after every evaluation, so a killed run still leaves its data.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -270,6 +271,7 @@ class Arm:
 
 def check_settings(
     seeds: int,
+    first_seed: int,
     steps: int | None,
     budget_minutes: float | None,
     eval_every: int,
@@ -277,6 +279,8 @@ def check_settings(
 ) -> None:
     if seeds < 1:
         raise PumaError(f"--seeds must be ≥ 1, got {seeds}")
+    if first_seed < 0:
+        raise PumaError(f"--first-seed must be ≥ 0, got {first_seed}")
     if steps is not None and steps < 1:
         raise PumaError(f"--steps must be ≥ 1, got {steps}")
     if budget_minutes is not None and budget_minutes <= 0:
@@ -292,18 +296,19 @@ def run_speedup(
     overrides: list[str],
     out_dir: str | Path,
     seeds: int = 3,
+    first_seed: int = 0,
     steps: int | None = None,
     budget_minutes: float | None = None,
     eval_every: int = 250,
     eval_examples: int = 200,
     targets: Sequence[float] = (0.5, 0.7, 0.8, 0.9),
 ) -> dict:
-    """Train both arms for seeds 0..seeds−1; write ``speedup.json`` (after every evaluation),
-    ``speedup.png`` (after every seed) and the final models into ``out_dir``. ``steps`` sets
-    ``training.steps`` (the LR schedule's length); ``budget_minutes`` stops an arm early once
-    its training time exceeds it."""
+    """Train both arms for seeds ``first_seed … first_seed+seeds−1``; write ``speedup.json``
+    (after every evaluation), ``speedup.png`` (after every seed) and the final models into
+    ``out_dir``. ``steps`` sets ``training.steps`` (the LR schedule's length);
+    ``budget_minutes`` stops an arm early once its training time exceeds it."""
     targets = sorted(targets)
-    check_settings(seeds, steps, budget_minutes, eval_every, targets)
+    check_settings(seeds, first_seed, steps, budget_minutes, eval_every, targets)
     out_dir = Path(out_dir)
     budget = None if budget_minutes is None else 60.0 * budget_minutes
     common = [
@@ -322,7 +327,7 @@ def run_speedup(
         "settings": {
             "config": str(config),
             "overrides": list(overrides),
-            "seeds": list(range(seeds)),
+            "seeds": list(range(first_seed, first_seed + seeds)),
             "budget_minutes": budget_minutes,
             "eval_every": eval_every,
             "eval_examples": eval_examples,
@@ -340,7 +345,7 @@ def run_speedup(
     }
     json_path, png_path = out_dir / "speedup.json", out_dir / "speedup.png"
     finished: list[dict[str, list[dict]]] = []
-    for seed in range(seeds):
+    for seed in report["settings"]["seeds"]:
         arms = [
             Arm(
                 strategy,
@@ -399,3 +404,74 @@ def run_speedup(
     print(format_summary(report["summary"]))
     print(f"wrote {json_path} and {png_path}")
     return report
+
+
+# Settings that must agree for two reports' seeds to be pooled.
+MERGE_KEYS = ("config", "overrides", "steps", "budget_minutes", "eval_every", "eval_examples")
+
+
+def merge_reports(paths: Sequence[str | Path], out_dir: str | Path) -> dict:
+    """Pool the complete seeds of several ``speedup.json`` files (e.g. seeds run on different
+    machines with ``--first-seed``) into one report with a fresh summary and plot. The runs
+    must share their settings and config; a seed present twice, or an incomplete seed, is
+    refused or left out (incomplete seeds are listed under ``skipped``)."""
+    if not paths:
+        raise PumaError("--merge needs at least one speedup.json (or its directory)")
+    reports = []
+    for path in paths:
+        path = Path(path)
+        path = path / "speedup.json" if path.is_dir() else path
+        try:
+            reports.append((path, json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError) as err:
+            raise PumaError(f"cannot read speedup report {path}: {err}") from err
+    first_path, first = reports[0]
+    targets = first["settings"]["targets"]
+    runs, seen, skipped = [], set(), []
+    for path, report in reports:
+        if report.get("benchmark") != "speedup":
+            raise PumaError(f"{path} is not a `puma bench speedup` report")
+        for key in (*MERGE_KEYS, "targets"):
+            if report["settings"].get(key) != first["settings"].get(key):
+                raise PumaError(
+                    f"cannot merge {path} with {first_path}: setting {key!r} differs "
+                    f"({report['settings'].get(key)!r} vs {first['settings'].get(key)!r})"
+                )
+        differ = [
+            section
+            for section in report["config"]
+            if section != "logging" and report["config"][section] != first["config"].get(section)
+        ]
+        if differ:
+            raise PumaError(
+                f"cannot merge {path} with {first_path}: their configs differ in {differ}"
+            )
+        for run in report["runs"]:
+            if not run["complete"]:
+                skipped.append({"file": str(path), "seed": run["seed"]})
+                continue
+            if run["seed"] in seen:
+                raise PumaError(f"seed {run['seed']} appears twice (again in {path})")
+            seen.add(run["seed"])
+            runs.append(run)
+    if not runs:
+        raise PumaError("none of the reports has a complete seed to merge")
+    runs.sort(key=lambda r: r["seed"])
+    merged = {
+        **first,
+        "status": "merged",
+        "merged_from": [str(p) for p, _ in reports],
+        "skipped": skipped,
+        "runs": runs,
+    }
+    merged["settings"] = {**first["settings"], "seeds": [r["seed"] for r in runs]}
+    curves = [{arm: run["arms"][arm]["curve"] for arm in ARMS} for run in runs]
+    merged["summary"] = summarize(curves, targets)
+    out_dir = Path(out_dir)
+    json_path, png_path = out_dir / "speedup.json", out_dir / "speedup.png"
+    write_json(json_path, merged)
+    title = f"{first['config']['task']['name']}: accuracy (margin, k=1), {len(runs)} seed(s)"
+    plot_curves(merged["summary"], png_path, title)
+    print(format_summary(merged["summary"]))
+    print(f"wrote {json_path} and {png_path}")
+    return merged

@@ -3,7 +3,7 @@ GSM8K protocol at CPU scale (DESIGN.md §5).
 
 A problem follows one named quantity (``Ava has 12 stickers.``) through 1–4 arithmetic steps,
 each an addition, subtraction, multiplication or exact division phrased in one of several
-ways, with optional distractor sentences that the solution must ignore, and ends with a
+ways, with an optional distractor sentence that the solution must ignore, and ends with a
 question. Its solution is a short program that names every quantity::
 
     def solution():
@@ -168,9 +168,8 @@ def make_problem(
         if var in used:  # the same phrasing twice: bought, bought_2, ...
             var = next(f"{var}_{j}" for j in itertools.count(2) if f"{var}_{j}" not in used)
         used.add(var)
-        if i == distractor_at:
+        if i == distractor_at:  # after it a pronoun could mean someone else: name them once
             sentences.append(rng.choice(DISTRACTORS).format(n=rng.randint(2, 60), **words))
-        if i == distractor_at:  # a pronoun could now mean someone else: use the name once
             text = PRONOUN.sub(lambda m: name + ("'s" if m[1] == "his" else ""), text, count=1)
         sentences.append(text.format(n=n, **words))
         code += [f"{var} = {n}", f"{item} = {item} {OPERATORS[kind]} {var}"]

@@ -12,10 +12,17 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from puma_mdm.errors import ConfigError
+from puma_mdm.losses import LOSS_NORMS
 from puma_mdm.sampling import POLICIES
 
 STRATEGIES = ("standard", "progressive")
 AUTOCAST = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class PrimeSection:
+    digits: int = 0  # MDM-Prime: sub-tokens per token ℓ (0 = off); base b = ⌈C^(1/ℓ)⌉
+    loss: str = "joint"  # training loss: joint (published) | marginal (the NLL bound itself)
 
 
 @dataclass
@@ -29,6 +36,7 @@ class ModelSection:
     task_positions: bool = True  # add the task's structured position tables (Sudoku row/col/box)
     tie_head: bool = False  # share the output head with the token embedding
     dropout: float = 0.0
+    prime: PrimeSection = field(default_factory=PrimeSection)  # partial masking (prime/)
 
 
 @dataclass
@@ -57,6 +65,7 @@ class TrainingSection:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max gradient norm (0 = off)
     loss_form: str = "count"  # random-masking ELBO form: count (1/n) | continuous (1/t)
+    loss_norm: str = "sequence"  # sequence (1/n_b, the ELBO) | token (mean over masked tokens)
     ema: float = 0.0  # EMA decay of the weights (0 = off); evaluation uses the EMA weights
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -156,6 +165,10 @@ def validate(cfg: Config) -> None:
     need(0 <= t.min_lr_ratio <= 1, f"training.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
     need(0 <= t.ema < 1, f"training.ema must be in [0, 1), got {t.ema}")
     need(t.loss_form in ("count", "continuous"), f"training.loss_form: {t.loss_form!r} unknown")
+    need(
+        t.loss_norm in LOSS_NORMS,
+        f"training.loss_norm: {t.loss_norm!r} unknown; choose one of {LOSS_NORMS}",
+    )
     need(t.autocast in AUTOCAST, f"training.autocast: {t.autocast!r} is not one of {AUTOCAST}")
     need(
         t.puma.mode in ("standard", "confidence_collapse"),
@@ -168,6 +181,13 @@ def validate(cfg: Config) -> None:
     need(
         cfg.logging.wandb_mode in ("offline", "online"),
         f"logging.wandb_mode: {cfg.logging.wandb_mode!r} is not offline or online",
+    )
+    need(
+        cfg.model.prime.digits >= 0, f"model.prime.digits must be ≥ 0, got {cfg.model.prime.digits}"
+    )
+    need(
+        cfg.model.prime.loss in ("joint", "marginal"),
+        f"model.prime.loss: {cfg.model.prime.loss!r} is not joint or marginal",
     )
     need(e.policy in POLICIES, f"eval.policy: {e.policy!r} is not one of {sorted(POLICIES)}")
     need(e.k >= 1, f"eval.k must be ≥ 1, got {e.k}")

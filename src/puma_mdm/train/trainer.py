@@ -13,6 +13,7 @@ rank. Rank 0 logs and writes every file; checkpoints hold every rank's forward-p
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import signal
@@ -26,10 +27,14 @@ from tqdm import tqdm
 
 from puma_mdm.errors import CheckpointError, ConfigError, PumaError
 from puma_mdm.evaluate import evaluate, nll_bound
-from puma_mdm.losses import mdm_loss
-from puma_mdm.masking import Batch, ExampleStream, ProgressivePool, RandomMasking
+from puma_mdm.losses import mdm_loss, normalize_loss
+from puma_mdm.masking import Batch, ExampleStream, ForwardProcess, ProgressivePool, RandomMasking
 from puma_mdm.model import ModelConfig, Transformer
 from puma_mdm.pretrained import TASK_FILE
+from puma_mdm.prime.evaluate import prime_nll_bound
+from puma_mdm.prime.loss import prime_loss
+from puma_mdm.prime.model import PrimeTransformer
+from puma_mdm.prime.process import DigitProcess, digit_stream
 from puma_mdm.tasks import Task, build_task
 from puma_mdm.train.checkpoint import (
     checkpoint_path,
@@ -68,7 +73,7 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 def build_model(cfg: Config, task: Task) -> Transformer:
     m = cfg.model
-    return Transformer(
+    return (PrimeTransformer if m.prime.digits else Transformer)(
         ModelConfig(
             vocab_size=task.vocab_size,
             seq_len=task.seq_len,
@@ -81,6 +86,7 @@ def build_model(cfg: Config, task: Task) -> Transformer:
             position_tables=task.position_tables() if m.task_positions else {},
             tie_head=m.tie_head,
             dropout=m.dropout,
+            prime_digits=m.prime.digits,
         )
     )
 
@@ -118,7 +124,14 @@ class Trainer:
         seed = t.seed + rank  # each rank: its own data order, masks and dropout
         torch.manual_seed(seed)
         shard = train[rank::world]
-        self.stream = ExampleStream(shard.x0, shard.prompt_mask, seed=seed)
+        # MDM-Prime: the forward processes run over digit sequences (prime/process.py)
+        self.codec = getattr(self.model, "codec", None)
+        if self.codec is None:
+            self.stream = ExampleStream(shard.x0, shard.prompt_mask, seed=seed)
+            self.loss = mdm_loss
+        else:
+            self.stream = digit_stream(shard.x0, shard.prompt_mask, self.codec, seed=seed)
+            self.loss = functools.partial(prime_loss, codec=self.codec, form=cfg.model.prime.loss)
         self.process = self._forward_process(seed + 1)
 
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -143,22 +156,25 @@ class Trainer:
         self.net = self.dist.wrap(self.model)  # what forward/backward run through
 
     # -- construction ---------------------------------------------------------------------------
-    def _forward_process(self, seed: int) -> RandomMasking | ProgressivePool:
+    def _forward_process(self, seed: int) -> ForwardProcess:
         t = self.cfg.training
+        mask_id = self.task.mask_id if self.codec is None else self.codec.mask_digit
         if t.strategy == "standard":
-            return RandomMasking(
-                self.stream, t.batch_size, self.task.mask_id, seed, t.loss_form, self.device
+            process = RandomMasking(
+                self.stream, t.batch_size, mask_id, seed, t.loss_form, self.device
             )
-        return ProgressivePool(
-            self.stream,
-            t.batch_size,
-            self.task.mask_id,
-            k_schedule=t.puma.k_schedule,
-            mode=t.puma.mode,
-            tau=t.puma.tau,
-            seed=seed,
-            device=self.device,
-        )
+        else:
+            process = ProgressivePool(
+                self.stream,
+                t.batch_size,
+                mask_id,
+                k_schedule=t.puma.k_schedule,
+                mode=t.puma.mode,
+                tau=t.puma.tau,
+                seed=seed,
+                device=self.device,
+            )
+        return process if self.codec is None else DigitProcess(process, self.codec)
 
     def _resume(self) -> None:
         state, path = load_checkpoint(self.out_dir)
@@ -223,7 +239,7 @@ class Trainer:
             with self.net.no_sync() if skip_sync else nullcontext():
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     logits = self.net(micro.x_t)
-                loss = mdm_loss(logits, micro)
+                loss = self.loss(logits, micro)
                 (loss / parts).backward()
             losses.append(loss.detach())
             logits_all.append(logits.detach())
@@ -242,7 +258,7 @@ class Trainer:
         """One optimiser step; returns the loss (averaged over ranks), or None when a
         non-finite loss was skipped."""
         t = self.cfg.training
-        batch = self.process.batch(self.step)
+        batch = normalize_loss(self.process.batch(self.step), t.loss_norm)
         self.optimizer.zero_grad(set_to_none=True)
         loss, logits = self._forward_backward(batch)
         value = self._agree(float(loss))
@@ -285,31 +301,31 @@ class Trainer:
         e = self.cfg.eval
         model = self.eval_model()
         share = self.eval_set[self.dist.rank :: self.dist.world_size]
-        if not self.task.scores_outputs:  # text corpora: judged by likelihood alone
-            nll = nll_bound(model, share, self.task.mask_id, batch_size=e.batch_size)
-            nll_sum, total = self.dist.all_sum([nll * len(share), len(share)])
-            nll = nll_sum / total
-            return {"nll": nll, "perplexity": math.exp(nll), "n": int(total)}
-        local = evaluate(
-            model,
-            self.task,
-            share,
-            policy=e.policy,
-            k=e.k,
-            batch_size=e.batch_size,
-            autocast_dtype=self.amp,
-        )
-        nll = nll_bound(model, share, self.task.mask_id, batch_size=e.batch_size)
         n = len(share)
-        correct, nfe, nll_sum, total = self.dist.all_sum(
-            [local["accuracy"] * n, local["nfe"] * n, nll * n, n]
-        )
-        return {
-            "accuracy": round(correct) / total,
-            "nfe": nfe / total,
-            "n": int(total),
-            "nll": nll_sum / total,
-        }
+        sums = {}
+        if self.task.scores_outputs:  # text corpora are judged by likelihood alone
+            local = evaluate(
+                model,
+                self.task,
+                share,
+                policy=e.policy,
+                k=e.k,
+                batch_size=e.batch_size,
+                autocast_dtype=self.amp,
+            )
+            sums = {"accuracy": local["accuracy"] * n, "nfe": local["nfe"] * n}
+        if self.codec is None:
+            nlls = {"nll": nll_bound(model, share, self.task.mask_id, batch_size=e.batch_size)}
+        else:  # the digit-marginal bound, and the joint form (not a bound) beside it
+            nlls = prime_nll_bound(model, share, batch_size=e.batch_size)
+        sums |= {key: value * n for key, value in nlls.items()}
+        total, *values = self.dist.all_sum([n, *sums.values()])
+        metrics = {key: value / total for key, value in zip(sums, values, strict=True)}
+        if "accuracy" in metrics:
+            metrics["accuracy"] = round(metrics["accuracy"] * total) / total  # a count
+        else:
+            metrics["perplexity"] = math.exp(metrics["nll"])
+        return {**metrics, "n": int(total)}
 
     def record_files(self) -> dict[str, str]:
         """What is written beside saved weights: the resolved config, the task they solve and
