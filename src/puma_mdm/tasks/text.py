@@ -43,7 +43,10 @@ def corpus_files(path: str | Path) -> list[Path]:
             raise CorpusError(f"{path} holds no {' or '.join(SUFFIXES)} files")
         return files
     if not path.is_file():
-        raise CorpusError(f"no such corpus file or directory: {path}")
+        raise CorpusError(
+            f"no such corpus file or directory: {path} (pass --data PATH or set "
+            "task.options.data; `make corpus` writes the text config's default)"
+        )
     if path.suffix not in SUFFIXES:
         raise CorpusError(f"{path}: a corpus must be a {' or '.join(SUFFIXES)} file")
     return [path]
