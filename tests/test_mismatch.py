@@ -8,7 +8,7 @@ import torch
 
 from puma_mdm.cli import main
 from puma_mdm.errors import PumaError
-from puma_mdm.mismatch import decoder_states, measure_mismatch
+from puma_mdm.mismatch import Mismatch, decoder_states, measure_mismatch
 from puma_mdm.model import ModelConfig, Transformer
 from puma_mdm.sampling import sample
 from puma_mdm.tasks.base import Examples
@@ -120,6 +120,44 @@ def test_losses_that_depend_only_on_the_count_show_no_gap():
         assert row["random_masks"]["mean"] == pytest.approx(row["decoder_masks"]["mean"], 1e-6)
 
 
+def test_summary_averages_each_examples_states_then_pairs_the_gap():
+    decoder = np.array([1.0, 3, 5, 2, 4, 6])
+    result = Mismatch(
+        example=np.array([0, 0, 0, 1, 1, 2]),
+        stage=np.zeros(6),
+        bin=np.array([0, 0, 1, 0, 1, 0]),
+        losses={
+            "decoder_masks": decoder,
+            "random_masks": np.array([0.0, 2, 1, 1, 1, 3]),
+            "decoder_states": decoder + 1,
+        },
+        bins=2,
+        tokens=torch.zeros(3, 1),
+    )
+    summary = result.summary()
+
+    def stat(per_example: list[float]) -> dict:
+        x = np.array(per_example)
+        return {"mean": pytest.approx(x.mean()), "se": pytest.approx(x.std(ddof=1) / len(x) ** 0.5)}
+
+    # per-example means worked out by hand: bin 0 holds example 0's states 1 and 3, …
+    first, second = summary["bins"]
+    assert (first["examples"], first["states"], second["examples"], second["states"]) == (
+        3,
+        4,
+        2,
+        2,
+    )
+    assert first["decoder_masks"] == stat([2, 2, 6])
+    assert first["random_masks"] == stat([1, 1, 3])
+    assert first["gap"] == stat([1, 1, 3])
+    assert first["decoder_states"] == stat([3, 3, 7])
+    assert second["gap"] == stat([4, 3])
+    assert second["stage"] == [0.5, 1.0]
+    assert summary["overall"]["decoder_masks"] == stat([3, 3, 6])
+    assert summary["overall"]["gap"] == stat([2, 2, 3])
+
+
 class Recorder(torch.nn.Module):
     """Wraps a model and keeps every input it is called with."""
 
@@ -184,7 +222,12 @@ def test_cli_writes_json_and_png_on_the_shipped_model(tmp_path, capsys):
     args = ["analyze", "mismatch", "--n", "3", "--bins", "3", "--draws", "1", "--out", str(out)]
     assert main(args) == 0
     report = json.loads(out.read_text())
-    assert (report["task"], report["policy"], report["k"], report["n"]) == ("sudoku", "margin", 1, 3)
+    assert (report["task"], report["policy"], report["k"], report["n"]) == (
+        "sudoku",
+        "margin",
+        1,
+        3,
+    )
     assert len(report["bins"]) == 3
     assert sum(r["states"] for r in report["bins"]) == report["overall"]["states"]
     assert report["overall"]["states"] == pytest.approx(3 * report["mean_steps"])

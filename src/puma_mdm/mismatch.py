@@ -252,14 +252,25 @@ def plot_mismatch(summary: dict, path: str | Path, title: str = "") -> Path:
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
     )
-    styles = {
-        "decoder_masks": ("decoder masks (inference)", "tab:orange", "-"),
-        "random_masks": ("random masks (same count)", "tab:blue", "-"),
-        "decoder_states": ("decoder states (own tokens)", "tab:grey", "--"),
+    styles = {  # decoder states first, so the decoder masks are drawn over them where equal
+        "decoder_states": ("decoder states (own tokens)", "tab:grey", ":", 3.5),
+        "decoder_masks": ("decoder masks (inference)", "tab:orange", "-", 1.5),
+        "random_masks": ("random masks (same count)", "tab:blue", "-", 1.5),
     }
-    for name, (label, color, line) in styles.items():
+    for name, (label, color, line, width) in styles.items():
         mean, se = series(name)
-        top.errorbar(x, mean, yerr=se, color=color, ls=line, marker="o", ms=4, capsize=3, label=label)
+        top.errorbar(
+            x,
+            mean,
+            yerr=se,
+            color=color,
+            ls=line,
+            lw=width,
+            marker="o",
+            ms=4,
+            capsize=3,
+            label=label,
+        )
     top.set(ylabel="mean CE on masked positions (nats)", title=title or "mismatch meter")
     top.legend()
     top.grid(alpha=0.3)
