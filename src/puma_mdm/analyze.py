@@ -66,7 +66,9 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     from puma_mdm.cli import default_model
 
     analyze = subparsers.add_parser("analyze", help="measurements on a trained model")
-    sub = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    sub = analyze.add_subparsers(
+        dest="analysis", required=True, metavar="ANALYSIS", help="mismatch"
+    )
     p = sub.add_parser(
         "mismatch",
         help="loss on the decoder's own masks vs random masks, stage by stage",
