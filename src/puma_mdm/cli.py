@@ -8,6 +8,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from puma_mdm.analyze import add_analyze_parser
 from puma_mdm.bench.cli import add_bench_parser
 from puma_mdm.errors import PumaError
 
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_bench_parser(sub)
+    add_analyze_parser(sub)
 
     p = sub.add_parser("configs", help="list the bundled configs")
     p.set_defaults(func=cmd_configs)
