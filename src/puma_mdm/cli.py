@@ -10,6 +10,7 @@ from pathlib import Path
 
 from puma_mdm.bench.cli import add_bench_parser
 from puma_mdm.errors import PumaError
+from puma_mdm.hf.cli import add_export_parser
 
 
 def bundled_config(name: str) -> Path:
@@ -244,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_bench_parser(sub)
+    add_export_parser(sub)
 
     p = sub.add_parser("configs", help="list the bundled configs")
     p.set_defaults(func=cmd_configs)

@@ -184,23 +184,25 @@ def _mask_token_id(path: Path, config, explicit: int | None, embeddings: int) ->
 
 
 @torch.no_grad()
-def _probe(model: nn.Module, path: Path) -> int:
-    """Number of output classes; refuse models without logits or that attend causally."""
+def probe(model: nn.Module, name: str) -> int:
+    """Number of output classes; refuse models without logits or that attend causally
+    (two one-row forwards that differ only in the last token)."""
     was_training = model.training
     model.eval()
-    outputs = [model(input_ids=torch.tensor([[0, last]])) for last in (0, 1)]
+    device = next(model.parameters()).device
+    outputs = [model(input_ids=torch.tensor([[0, last]], device=device)) for last in (0, 1)]
     model.train(was_training)
     if not all(hasattr(out, "logits") for out in outputs):
         raise HFModelError(
-            f"model {path} returns no logits: save a model with a language-modelling head "
+            f"model {name} returns no logits: use a model with a language-modelling head "
             "(…ForMaskedLM or …ForCausalLM), not a bare encoder"
         )
     first, second = (out.logits[0, 0].float() for out in outputs)
     if torch.allclose(first, second, rtol=0.0, atol=1e-7):
         raise HFModelError(
-            f"model {path} attends causally (position 0 ignores position 1), which a masked "
-            "diffusion model cannot use; its architecture does not honour config.is_causal=False "
-            "— use a bidirectional model (…ForMaskedLM) or a newer transformers"
+            f"model {name} attends causally (position 0 ignores position 1), which a masked "
+            "diffusion model cannot use: load it with is_causal=False in its config (decoders "
+            "honour it since transformers 5) or use a bidirectional model (…ForMaskedLM)"
         )
     return outputs[0].logits.shape[-1]
 
@@ -243,7 +245,7 @@ def load_hf_model(
             model = auto.from_pretrained(path, config=config, dtype=torch.float32, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise HFModelError(f"cannot load model {path}: {_first_line(err)}") from None
-    n_classes = _probe(model, path)
+    n_classes = probe(model, str(path))
     embeddings = model.get_input_embeddings().num_embeddings
     mask = _mask_token_id(path, config, mask_token_id, embeddings)
     return model.train(), mask, n_classes
