@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from hf_models import BUILDERS, bert, build, edit_config, save, save_tokenizer
 
+from hf_models import BUILDERS, bert, build, edit_config, save, save_tokenizer
 from puma_mdm.cli import main
 from puma_mdm.evaluate import nll_bound
 from puma_mdm.hf.adapter import HFDenoiser, HFModelSpec, load_hf_model

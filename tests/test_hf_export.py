@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from hf_models import build, transformers
 
+from hf_models import build, transformers
 from puma_mdm.cli import main
 from puma_mdm.hf.adapter import HFDenoiser, HFModelSpec, load_hf_model
 from puma_mdm.model import ModelConfig, Transformer

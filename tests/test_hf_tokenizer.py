@@ -1,8 +1,8 @@
 """A saved Hugging Face tokenizer read back from disk (puma_mdm.hf.tokenizer)."""
 
 import pytest
-from hf_models import byte_bpe, save_tokenizer, transformers
 
+from hf_models import byte_bpe, save_tokenizer, transformers
 from puma_mdm.hf.tokenizer import TokenizerLoadError, check_vocabulary, load_tokenizer
 
 CORPUS = [
@@ -62,7 +62,7 @@ def test_bad_tokenizers_are_named(tmp_path, saved):
     with pytest.raises(TokenizerLoadError, match=r"has no tokenizer\.json"):
         load_tokenizer(tmp_path / "slow")
     (tmp_path / "bad.json").write_text('{"not": "a tokenizer"}')
-    with pytest.raises(TokenizerLoadError, match="is not a tokenizer.json file"):
+    with pytest.raises(TokenizerLoadError, match=r"is not a tokenizer\.json file"):
         load_tokenizer(tmp_path / "bad.json")
     directory, tok = saved
     loaded = load_tokenizer(directory)

@@ -3,15 +3,15 @@
 import shutil
 
 import pytest
-import torch
-from hf_models import bert, transformers
 
+pytest.importorskip("accelerate", reason="transformers.Trainer needs it")
+import torch
+
+from hf_models import bert, transformers
 from puma_mdm.errors import CheckpointError, ConfigError
 from puma_mdm.hf.adapter import HFModelError
 from puma_mdm.hf.trainer_integration import PumaArguments, PumaTrainer
 from puma_mdm.tasks import build_task
-
-pytest.importorskip("accelerate")  # transformers.Trainer needs it
 
 
 def sort_rows(n=200):

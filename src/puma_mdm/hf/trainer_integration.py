@@ -34,7 +34,9 @@ from puma_mdm.hf.adapter import ADD_MASK_HINT, HFModelError, exclude_mask, probe
 from puma_mdm.losses import LOSS_NORMS, mdm_loss, normalize_loss
 from puma_mdm.masking import ExampleStream, ForwardProcess, ProgressivePool, RandomMasking
 
-transformers = require("transformers", "PumaTrainer (transformers.Trainer integration)")
+FEATURE = "PumaTrainer (transformers.Trainer integration)"
+transformers = require("transformers", FEATURE)
+require("accelerate", FEATURE)  # what transformers.Trainer runs on
 
 STATE_FILE = "puma_state-{rank}.pt"
 STRATEGIES = ("progressive", "standard")
