@@ -41,6 +41,17 @@ def test_a_saved_tokenizer_directory_round_trips_text(saved):
     assert loaded.is_special(loaded.mask_id) and not loaded.is_special(loaded.encode("a")[0])
 
 
+def test_what_a_model_directory_keeps_loads_back(saved, tmp_path):
+    loaded = load_tokenizer(saved[0])
+    copy = tmp_path / "model"
+    copy.mkdir()
+    (copy / "tokenizer.json").write_text(loaded.to_json())
+    (copy / "tokenizer_config.json").write_text(loaded.config_json())
+    again = load_tokenizer(copy)
+    assert again.ids == loaded.ids and again.vocab_size == loaded.vocab_size
+    assert again.encode(TEXTS[2]) == loaded.encode(TEXTS[2])
+
+
 def test_a_bare_tokenizer_json_file(saved):
     directory, _ = saved
     loaded = load_tokenizer(directory / "tokenizer.json")

@@ -53,7 +53,7 @@ class PretrainedTokenizer:
     kind = "hf"
 
     def __init__(self, hf_tokenizer, special: dict[str, str], source: Path) -> None:
-        self.hf, self.source = hf_tokenizer, source
+        self.hf, self.source, self.special = hf_tokenizer, source, special
         self.hf.encode_special_tokens = True  # "<|endoftext|>" inside a text is text
         self.ids: dict[str, int] = {}
         for role, token in special.items():
@@ -117,6 +117,11 @@ class PretrainedTokenizer:
 
     def to_json(self) -> str:
         return self.hf.to_str(pretty=True)
+
+    def config_json(self) -> str:
+        """The special-token roles as a ``tokenizer_config.json``: written beside
+        :meth:`to_json`'s ``tokenizer.json``, :func:`load_tokenizer` reads the pair back."""
+        return json.dumps({f"{role}_token": token for role, token in self.special.items()})
 
 
 def load_tokenizer(path: str | Path) -> PretrainedTokenizer:
