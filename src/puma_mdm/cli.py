@@ -11,6 +11,7 @@ from pathlib import Path
 from puma_mdm.analyze import add_analyze_parser
 from puma_mdm.bench.cli import add_bench_parser
 from puma_mdm.errors import PumaError
+from puma_mdm.hf.cli import add_export_parser
 
 
 def bundled_config(name: str) -> Path:
@@ -246,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(sub)
     add_analyze_parser(sub)
+    add_export_parser(sub)
 
     p = sub.add_parser("configs", help="list the bundled configs")
     p.set_defaults(func=cmd_configs)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from puma_mdm.errors import ConfigError, ModelLoadError
+from puma_mdm.hf import HF_RECORD
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -280,8 +281,13 @@ class Transformer(nn.Module):
         cls, directory: str | Path, map_location: str | torch.device = "cpu"
     ) -> Transformer:
         """Load a model written by :meth:`save_pretrained` (an MDM-Prime model as
-        :class:`~puma_mdm.prime.model.PrimeTransformer`)."""
+        :class:`~puma_mdm.prime.model.PrimeTransformer`, a Hugging Face model trained with
+        ``model.hf_path`` as :class:`~puma_mdm.hf.adapter.HFDenoiser`)."""
         directory = Path(directory)
+        if (directory / HF_RECORD).is_file() and cls is Transformer:
+            from puma_mdm.hf.adapter import HFDenoiser  # a Hugging Face model trained by puma
+
+            return HFDenoiser.from_pretrained(directory, map_location)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():

@@ -37,6 +37,10 @@ class ModelSection:
     tie_head: bool = False  # share the output head with the token embedding
     dropout: float = 0.0
     prime: PrimeSection = field(default_factory=PrimeSection)  # partial masking (prime/)
+    # A Hugging Face model from a local directory instead of the shape above (puma-mdm[hf])
+    hf_path: str | None = None
+    trust_remote_code: bool = False  # run the model code shipped in hf_path (custom models)
+    hf_mask_token_id: int | None = None  # default: from its config.json or its tokenizer
 
 
 @dataclass

@@ -73,6 +73,10 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 def build_model(cfg: Config, task: Task) -> Transformer:
     m = cfg.model
+    if m.hf_path:
+        from puma_mdm.hf.adapter import build_hf_denoiser
+
+        return build_hf_denoiser(m, task)
     return (PrimeTransformer if m.prime.digits else Transformer)(
         ModelConfig(
             vocab_size=task.vocab_size,
@@ -121,6 +125,8 @@ class Trainer:
             )
         torch.manual_seed(t.seed)  # the same initial weights (and EMA) on every rank
         self.model = build_model(cfg, self.task).to(self.device)
+        if hasattr(self.model, "check_examples"):  # an HF model's own mask token is a real id
+            self.model.check_examples(train.x0)
         seed = t.seed + rank  # each rank: its own data order, masks and dropout
         torch.manual_seed(seed)
         shard = train[rank::world]
