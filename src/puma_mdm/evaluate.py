@@ -45,6 +45,7 @@ def evaluate(
             threshold=threshold,
             generator=generator,
             autocast_dtype=autocast_dtype,
+            eos_id=getattr(task, "eos_id", None),
         )
         correct += int(task.correct(result.tokens, chunk).sum())
         nfe += result.nfe

@@ -68,6 +68,11 @@ class TokenizedTask(Task):
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
+    @property
+    def eos_id(self) -> int:
+        """Decoders stop a row once it has generated this id (block and ARM sampling)."""
+        return self.tokenizer.eos_id
+
     def artifacts(self) -> dict[str, str]:
         tok = self.tokenizer
         return {TOKENIZER_FILE: tok.to_json()} if isinstance(tok, BPETokenizer) else {}
