@@ -86,6 +86,7 @@ def run(tmp_path, name, *overrides):
     return trainer, before, metrics
 
 
+@pytest.mark.slow
 def test_arm_then_arm_initialised_puma(tmp_path):
     arm, before, metrics = run(tmp_path, "arm", "training.strategy=arm", "training.steps=150")
     assert metrics["nll"] < 0.8 * before
@@ -107,6 +108,7 @@ def test_arm_then_arm_initialised_puma(tmp_path):
     assert saved.cfg.shift
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["standard", "progressive"])
 def test_block_diffusion_trains(tmp_path, strategy):
     trainer, before, metrics = run(
