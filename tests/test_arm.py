@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from puma_mdm.arm import NextToken, init_from_arm, next_token_batch
+from puma_mdm.bench.speedup import run_speedup
+from puma_mdm.cli import bundled_config
 from puma_mdm.errors import ConfigError
 from puma_mdm.evaluate import nll_bound
 from puma_mdm.losses import mdm_loss
@@ -128,3 +130,46 @@ def test_config_refuses_mixed_model_kinds():
         load_config(None, ["training.block_size=4", "training.strategy=arm"])
     with pytest.raises(ConfigError, match="must divide"):
         Trainer(load_config(None, [*TINY, "training.block_size=4"]))
+
+
+@pytest.mark.parametrize("name", ["math-block", "math-arm", "math-arm-init", "sudoku-block"])
+def test_bundled_configs_load(name):
+    cfg = load_config(bundled_config(name))
+    t = cfg.training
+    assert (t.block_size, t.strategy, cfg.model.init_from is not None) == {
+        "math-block": (16, "progressive", False),
+        "math-arm": (0, "arm", False),
+        "math-arm-init": (0, "progressive", True),
+        "sudoku-block": (9, "progressive", False),
+    }[name]
+
+
+@pytest.mark.slow
+def test_bench_speedup_runs_block_and_arm_init_arms(tmp_path):
+    small = [
+        "model.dim=32",
+        "model.n_layers=1",
+        "model.n_heads=2",
+        "task.options.length=6",
+        "task.options.n_train=500",
+        "task.options.n_eval=20",
+        "training.batch_size=16",
+        "training.autocast=fp32",
+    ]
+    cfg = load_config(bundled_config("sort"), [*small, "training.strategy=arm", "training.steps=5"])
+    cfg.logging.out_dir, cfg.logging.progress = str(tmp_path / "arm"), False
+    Trainer(cfg).train()
+    for name, extra in (
+        ("block", "training.block_size=3"),
+        ("init", f"model.init_from={tmp_path / 'arm' / 'model'}"),
+    ):
+        out = tmp_path / name
+        report = run_speedup(
+            bundled_config("sort"), [*small, extra], out, seeds=1, steps=4, eval_every=2
+        )
+        assert report["status"] == "complete"
+        for arm in ("standard", "progressive"):
+            saved = Transformer.from_pretrained(out / "seed0" / arm / "model")
+            assert (saved.cfg.block_size, saved.cfg.shift) == (
+                (3, False) if name == "block" else (0, True)
+            )
