@@ -37,9 +37,7 @@ class ModelSection:
     tie_head: bool = False  # share the output head with the token embedding
     dropout: float = 0.0
     prime: PrimeSection = field(default_factory=PrimeSection)  # partial masking (prime/)
-    init_from: str | None = (
-        None  # an ARM's model dir: start from its weights, keep the shift (arm.py)
-    )
+    init_from: str | None = None  # an ARM's model dir to start from, keeping its shift (arm.py)
 
 
 @dataclass
