@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint corpus
 
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -25,3 +25,19 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
+
+# A real text corpus for `puma train --config text`: the King James Bible from Debian's
+# bible-kjv-text (read with its `bible` program), one chapter per paragraph, one verse per line,
+# without verse references. The library does not need it; only this target installs it.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+CORPUS := data/corpus/kjv.txt
+
+corpus: $(CORPUS)
+
+$(CORPUS):
+	command -v bible >/dev/null || $(SUDO) apt-get install -y bible-kjv bible-kjv-text
+	mkdir -p $(dir $@)
+	bible -f "Gen1:1-Rev22:21" | awk '{ split($$1, ref, ":"); \
+		if (NR > 1 && ref[1] != chapter) print ""; chapter = ref[1]; \
+		sub(/^[^ ]+ /, ""); print }' > $@.tmp
+	mv $@.tmp $@

@@ -11,6 +11,7 @@ from pathlib import Path
 from puma_mdm.analyze import add_analyze_parser
 from puma_mdm.bench.cli import add_bench_parser
 from puma_mdm.errors import PumaError
+from puma_mdm.generate import add_sample_parser
 from puma_mdm.hf.cli import add_export_parser
 
 
@@ -49,6 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise PumaError("give --config FILE (or a bundled name, e.g. --config sort)")
         if args.out_dir:
             overrides.append(f"logging.out_dir={args.out_dir}")
+        if args.data:
+            overrides.append(f"task.options.data={args.data}")
         cfg = load_config(config_path(args.config), overrides)
     try:
         trainer = Trainer(cfg, resume=bool(args.resume))
@@ -78,20 +81,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, task = load_trained(args.model, expect_task=args.task)
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
-    rows = policy_table(
-        model,
-        task,
-        examples,
-        policies=split_list(args.policies, str),
-        ks=split_list(args.ks, int),
-        thresholds=split_list(args.thresholds, float),
-        batch_size=args.batch_size,
-        autocast_dtype=None if args.fp32 else torch.bfloat16,
-    )
+    prime = getattr(model, "codec", None) is not None
+    if not task.scores_outputs and not prime:  # text corpora: the NLL bound, no accuracy
+        return report_likelihood(args, model, task, examples)
     print(f"{task.name}: {len(examples)} examples, model {resolve_model_dir(args.model)}")
-    print(format_table(rows))
-    record = {"model": str(args.model), "data": args.data, "rows": rows}
-    if getattr(model, "codec", None) is not None:  # MDM-Prime: NLL bound, NFE, idle steps
+    record = {"model": str(args.model), "data": args.data}
+    if task.scores_outputs:
+        record["rows"] = policy_table(
+            model,
+            task,
+            examples,
+            policies=split_list(args.policies, str),
+            ks=split_list(args.ks, int),
+            thresholds=split_list(args.thresholds, float),
+            batch_size=args.batch_size,
+            autocast_dtype=None if args.fp32 else torch.bfloat16,
+        )
+        print(format_table(record["rows"]))
+    if prime:  # MDM-Prime: NLL bound, NFE, idle steps
         from puma_mdm.prime.evaluate import format_prime, prime_eval
 
         record["prime"] = prime_eval(
@@ -108,6 +115,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else resolve_model_dir(args.model) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def report_likelihood(args: argparse.Namespace, model, task, examples) -> int:
+    from puma_mdm.evaluate import likelihood_report
+    from puma_mdm.pretrained import resolve_model_dir
+
+    report = likelihood_report(
+        model, examples, task.mask_id, args.samples, args.batch_size, task.tokenizer.token_bytes()
+    )
+    print(
+        f"{task.name}: {report['sequences']} sequences, {report['tokens']} tokens, "
+        f"model {resolve_model_dir(args.model)}\n"
+        f"NLL bound {report['nll']:.4f} ± {report['nll_stderr']:.4f} nats/token "
+        f"({report['samples']} draws, continuous-time ELBO, antithetic t): perplexity "
+        f"{report['perplexity']:.3f}, {report['bits_per_byte']:.4f} bits/byte"
+    )
+    out = Path(args.out) if args.out else resolve_model_dir(args.model) / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": str(args.model), "data": args.data, **report}, indent=2))
     print(f"wrote {out}")
     return 0
 
@@ -172,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out-dir", help="run directory (overrides logging.out_dir)")
     p.add_argument(
+        "--data", help="text corpus (.txt/.jsonl file or directory): sets task.options.data"
+    )
+    p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
@@ -182,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="accuracy and NFE of every unmasking policy",
         description=(
             "Decode the held-out set with every policy (random, top_prob, margin, entropy) and "
-            "k in {1,2,3}, plus threshold decoding; print a table and write JSON."
+            "k in {1,2,3}, plus threshold decoding; print a table and write JSON. Text-corpus "
+            "models: the NLL bound per token, perplexity and bits per byte instead."
         ),
     )
     p.add_argument(
@@ -191,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="model or run directory (default: the shipped Sudoku model)",
     )
     p.add_argument("--task", help="task name (default: the task the model was trained on)")
-    p.add_argument("--data", help="puzzle file to evaluate on instead of the task's held-out set")
+    p.add_argument(
+        "--data", help="file of examples (puzzles, problems, text) instead of the held-out set"
+    )
     p.add_argument("--n", type=int, default=1000, help="number of examples evaluated")
     p.add_argument(
         "--policies", default="random,top_prob,margin,entropy", help="comma-separated policies"
@@ -202,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=500, help="examples decoded at once")
     p.add_argument("--fp32", action="store_true", help="decode in float32 instead of bf16 autocast")
+    p.add_argument(
+        "--samples", type=int, default=4, help="text tasks: Monte-Carlo draws of the NLL bound"
+    )
     p.add_argument(
         "--time-steps",
         help="MDM-Prime models: comma-separated step counts T of the ancestral sampler whose "
@@ -248,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_analyze_parser(sub)
     add_export_parser(sub)
+    add_sample_parser(sub)
 
     p = sub.add_parser("configs", help="list the bundled configs")
     p.set_defaults(func=cmd_configs)

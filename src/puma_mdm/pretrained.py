@@ -40,6 +40,7 @@ def load_trained(
             f"{directory} holds a model for task {record['name']!r}, not {expect_task!r}"
         )
     task = build_task(record["name"], record["options"])
+    task.restore(directory)  # e.g. the tokenizer trained with the model
     if (task.vocab_size, task.seq_len) != (model.cfg.vocab_size, model.cfg.seq_len):
         raise ModelLoadError(
             f"{directory}: the model's vocabulary/length ({model.cfg.vocab_size}, "

@@ -27,10 +27,9 @@ import matplotlib.pyplot as plt
 
 from puma_mdm.bench.common import machine_info, sync, write_json
 from puma_mdm.errors import PumaError
-from puma_mdm.pretrained import TASK_FILE
 from puma_mdm.train.checkpoint import write_model_dir
-from puma_mdm.train.config import load_config, to_yaml
-from puma_mdm.train.trainer import Trainer, task_record
+from puma_mdm.train.config import load_config
+from puma_mdm.train.trainer import Trainer
 
 ARMS = ("standard", "progressive")
 MEDIAN_RULE = (
@@ -266,9 +265,8 @@ class Arm:
 
     def save_model(self) -> None:
         """The final weights, loadable with ``puma eval --model`` for later analysis."""
-        cfg = self.trainer.cfg
-        extra = {TASK_FILE: task_record(cfg), "config.yaml": to_yaml(cfg)}
-        write_model_dir(self.trainer.eval_model(), Path(cfg.logging.out_dir) / "model", extra)
+        tr = self.trainer
+        write_model_dir(tr.eval_model(), Path(tr.cfg.logging.out_dir) / "model", tr.record_files())
 
 
 def check_settings(

@@ -77,13 +77,14 @@ def decode_report(
             autocast_dtype=autocast_dtype,
             **decoding,
         )
-        correct += int(task.correct(result.tokens, chunk).sum())
+        if task.scores_outputs:  # text corpora have no right answer
+            correct += int(task.correct(result.tokens, chunk).sum())
         row_nfe += int(result.row_nfe.sum())
         idle += int(result.idle.sum())
         horizon += int(result.horizon.sum())
     model.train(was_training)
     return {
-        "accuracy": correct / len(examples),
+        "accuracy": correct / len(examples) if task.scores_outputs else None,
         "nfe": row_nfe / len(examples),
         "idle_fraction": idle / max(horizon, 1),
         "n": len(examples),
@@ -151,8 +152,9 @@ def format_prime(report: dict) -> str:
             f"{'(expected)':>10} {'seconds':>8}"
         )
     for r in report["ancestral"]:
+        accuracy = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
         lines.append(
-            f"{r['policy']:<10} {r['time_steps']:>5} {100 * r['accuracy']:>8.1f}% "
+            f"{r['policy']:<10} {r['time_steps']:>5} {accuracy:>9} "
             f"{r['nfe']:>12.1f} {100 * r['idle_fraction']:>6.1f}% "
             f"{100 * r['idle_expected']:>9.1f}% {r['seconds']:>8.1f}"
         )

@@ -43,4 +43,6 @@ def build_task(name: str, options: dict[str, Any] | None = None) -> Task:
 
 __all__ = ["TASKS", "Examples", "Task", "build_task", "register_task"]
 
+from puma_mdm.tasks import math_programs as _math  # noqa: E402, F401  (registers the task)
 from puma_mdm.tasks import sudoku as _sudoku  # noqa: E402, F401  (registers the task)
+from puma_mdm.tasks import text as _text  # noqa: E402, F401  (registers the task)

@@ -33,6 +33,9 @@ class Task(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type]
+    # False for tasks judged by likelihood alone (text corpora): training and `puma eval` then
+    # report the NLL bound and perplexity instead of decoding accuracy.
+    scores_outputs: ClassVar[bool] = True
 
     def __init__(self, options) -> None:
         self.options = options
@@ -59,6 +62,13 @@ class Task(ABC):
 
     @abstractmethod
     def eval_examples(self) -> Examples: ...
+
+    def artifacts(self) -> dict[str, str]:
+        """Files (name → text) saved beside trained weights, e.g. a trained tokenizer."""
+        return {}
+
+    def restore(self, directory: Path) -> None:  # noqa: B027  (optional; most tasks save nothing)
+        """Reload what :meth:`artifacts` wrote, when loading a trained model from ``directory``."""
 
     def load_examples(self, path: str | Path) -> Examples:
         """Examples read from a user's file (tasks that read files override this)."""

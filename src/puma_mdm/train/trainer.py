@@ -25,10 +25,20 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from puma_mdm.arm import NextToken, check_first_is_prompt, init_from_arm
 from puma_mdm.errors import CheckpointError, ConfigError, PumaError
 from puma_mdm.evaluate import evaluate, nll_bound
 from puma_mdm.losses import mdm_loss, normalize_loss
-from puma_mdm.masking import Batch, ExampleStream, ForwardProcess, ProgressivePool, RandomMasking
+from puma_mdm.masking import (
+    Batch,
+    BlockMasking,
+    BlockPool,
+    ExampleStream,
+    ForwardProcess,
+    ProgressivePool,
+    RandomMasking,
+    block_logits,
+)
 from puma_mdm.model import ModelConfig, Transformer
 from puma_mdm.pretrained import TASK_FILE
 from puma_mdm.prime.evaluate import prime_nll_bound
@@ -72,12 +82,22 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def build_model(cfg: Config, task: Task) -> Transformer:
-    m = cfg.model
+    m, arm = cfg.model, cfg.training.strategy == "arm"
     if m.hf_path:
+        if arm or cfg.training.block_size or m.init_from or m.prime.digits:
+            raise ConfigError(
+                "model.hf_path trains a Hugging Face model as a plain MDM; it cannot be combined "
+                "with training.strategy=arm, training.block_size, model.init_from or model.prime"
+            )
         from puma_mdm.hf.adapter import build_hf_denoiser
 
         return build_hf_denoiser(m, task)
-    return (PrimeTransformer if m.prime.digits else Transformer)(
+    if cfg.training.block_size and task.seq_len % cfg.training.block_size:
+        raise ConfigError(
+            f"training.block_size={cfg.training.block_size} must divide the task's sequence "
+            f"length {task.seq_len}"
+        )
+    model = (PrimeTransformer if m.prime.digits else Transformer)(
         ModelConfig(
             vocab_size=task.vocab_size,
             seq_len=task.seq_len,
@@ -91,8 +111,14 @@ def build_model(cfg: Config, task: Task) -> Transformer:
             tie_head=m.tie_head,
             dropout=m.dropout,
             prime_digits=m.prime.digits,
+            block_size=cfg.training.block_size,
+            causal=arm,
+            shift=arm or m.init_from is not None,
         )
     )
+    if m.init_from is not None:
+        init_from_arm(model, m.init_from)
+    return model
 
 
 def task_record(cfg: Config) -> str:
@@ -135,6 +161,8 @@ class Trainer:
         if self.codec is None:
             self.stream = ExampleStream(shard.x0, shard.prompt_mask, seed=seed)
             self.loss = mdm_loss
+            if self.model.cfg.shift:
+                check_first_is_prompt(shard.prompt_mask)
         else:
             self.stream = digit_stream(shard.x0, shard.prompt_mask, self.codec, seed=seed)
             self.loss = functools.partial(prime_loss, codec=self.codec, form=cfg.model.prime.loss)
@@ -152,7 +180,7 @@ class Trainer:
         )
         self.ema = [p.detach().clone() for p in self.model.parameters()] if t.ema > 0 else None
         self.step = 0
-        self.best_accuracy = -1.0
+        self.best_accuracy = -math.inf  # best score(): accuracy, or −NLL without accuracy
         self.skipped = 0
         self.sequences_seen = 0  # by all ranks, counted in train_step
         self.stop_requested = False  # a stop signal reached some rank (agreed every step)
@@ -165,6 +193,25 @@ class Trainer:
     def _forward_process(self, seed: int) -> ForwardProcess:
         t = self.cfg.training
         mask_id = self.task.mask_id if self.codec is None else self.codec.mask_digit
+        if t.strategy == "arm":
+            return NextToken(self.stream, t.batch_size, self.device)
+        if t.block_size and t.strategy == "standard":
+            return BlockMasking(
+                self.stream, t.batch_size, mask_id, t.block_size, seed, t.loss_form, self.device
+            )
+        if t.block_size:
+            p = t.puma
+            return BlockPool(
+                self.stream,
+                t.batch_size,
+                mask_id,
+                t.block_size,
+                p.k_schedule,
+                p.mode,
+                p.tau,
+                seed,
+                self.device,
+            )
         if t.strategy == "standard":
             process = RandomMasking(
                 self.stream, t.batch_size, mask_id, seed, t.loss_form, self.device
@@ -244,12 +291,19 @@ class Trainer:
             skip_sync = self.dist.enabled and i < parts - 1
             with self.net.no_sync() if skip_sync else nullcontext():
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    logits = self.net(micro.x_t)
+                    logits = self._logits(micro)
                 loss = self.loss(logits, micro)
                 (loss / parts).backward()
             losses.append(loss.detach())
             logits_all.append(logits.detach())
         return torch.stack(losses).mean(), torch.cat(logits_all)
+
+    def _logits(self, batch: Batch) -> torch.Tensor:
+        """The network's logits on a batch: block models see ``[x_t | x0]`` (masking/block.py)."""
+        block = self.cfg.training.block_size
+        if block:
+            return block_logits(self.net, batch.x_t, batch.x0, block)
+        return self.net(batch.x_t)
 
     def _agree(self, loss: float) -> float:
         """The loss averaged over ranks; also agree on stopping and count the sequences seen
@@ -301,38 +355,46 @@ class Trainer:
         return model
 
     def run_eval(self) -> dict[str, float]:
-        """Accuracy, NFE per batch and NLL bound on the held-out set; each rank evaluates every
-        ``world_size``-th example and the sums are all-reduced."""
+        """Accuracy, NFE per batch and NLL bound on the held-out set (only the NLL bound and
+        perplexity for tasks without accuracy); each rank evaluates every ``world_size``-th
+        example and the sums are all-reduced."""
         e = self.cfg.eval
         model = self.eval_model()
         share = self.eval_set[self.dist.rank :: self.dist.world_size]
-        local = evaluate(
-            model,
-            self.task,
-            share,
-            policy=e.policy,
-            k=e.k,
-            batch_size=e.batch_size,
-            autocast_dtype=self.amp,
-        )
+        n = len(share)
+        sums = {}
+        if self.task.scores_outputs:  # text corpora are judged by likelihood alone
+            local = evaluate(
+                model,
+                self.task,
+                share,
+                policy=e.policy,
+                k=e.k,
+                batch_size=e.batch_size,
+                autocast_dtype=self.amp,
+            )
+            sums = {"accuracy": local["accuracy"] * n, "nfe": local["nfe"] * n}
         if self.codec is None:
             nlls = {"nll": nll_bound(model, share, self.task.mask_id, batch_size=e.batch_size)}
         else:  # the digit-marginal bound, and the joint form (not a bound) beside it
             nlls = prime_nll_bound(model, share, batch_size=e.batch_size)
-        n = len(share)
-        correct, nfe, total, *sums = self.dist.all_sum(
-            [local["accuracy"] * n, local["nfe"] * n, n, *(v * n for v in nlls.values())]
-        )
-        return {
-            "accuracy": round(correct) / total,
-            "nfe": nfe / total,
-            "n": int(total),
-            **{key: value / total for key, value in zip(nlls, sums, strict=True)},
-        }
+        sums |= {key: value * n for key, value in nlls.items()}
+        total, *values = self.dist.all_sum([n, *sums.values()])
+        metrics = {key: value / total for key, value in zip(sums, values, strict=True)}
+        if "accuracy" in metrics:
+            metrics["accuracy"] = round(metrics["accuracy"] * total) / total  # a count
+        else:
+            metrics["perplexity"] = math.exp(metrics["nll"])
+        return {**metrics, "n": int(total)}
 
     def record_files(self) -> dict[str, str]:
-        """What is written beside saved weights: the resolved config and the task they solve."""
-        return {"config.yaml": to_yaml(self.cfg), TASK_FILE: task_record(self.cfg)}
+        """What is written beside saved weights: the resolved config, the task they solve and
+        the task's own files (a trained tokenizer)."""
+        return {
+            "config.yaml": to_yaml(self.cfg),
+            TASK_FILE: task_record(self.cfg),
+            **self.task.artifacts(),
+        }
 
     def rank_state(self) -> dict:
         """What differs between ranks: the forward process (PUMA pool, data position) and RNGs."""
@@ -426,7 +488,7 @@ class Trainer:
                 if self.step == t.steps or (cfg.eval.every and self.step % cfg.eval.every == 0):
                     metrics = self._evaluate_and_publish(log)
                     if main:
-                        bar.write(f"step {self.step}: eval accuracy {metrics['accuracy']:.3f}")
+                        bar.write(f"step {self.step}: eval {headline(metrics)}")
                 due = cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0
                 if self.step == t.steps or due or self.stop_requested:
                     path = self.save()
@@ -455,8 +517,8 @@ class Trainer:
         log.write(
             self.step, {f"eval/{k}": v for k, v in metrics.items()} | {"skipped": self.skipped}
         )
-        if metrics["accuracy"] > self.best_accuracy:
-            self.best_accuracy = metrics["accuracy"]
+        if score(metrics) > self.best_accuracy:
+            self.best_accuracy = score(metrics)
             if self.dist.is_main:
                 write_model_dir(
                     self.eval_model(),
@@ -467,6 +529,17 @@ class Trainer:
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def score(metrics: dict) -> float:
+    """What ``best/`` maximises: accuracy, or −NLL for tasks judged by likelihood alone."""
+    return metrics["accuracy"] if "accuracy" in metrics else -metrics["nll"]
+
+
+def headline(metrics: dict) -> str:
+    if "accuracy" in metrics:
+        return f"accuracy {metrics['accuracy']:.3f}"
+    return f"nll {metrics['nll']:.4f} (perplexity {metrics['perplexity']:.2f})"
 
 
 class Logger:

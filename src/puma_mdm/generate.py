@@ -1,0 +1,173 @@
+"""``puma sample``: generate text with a trained model of a text task (math programs, corpora).
+
+The prompt is encoded the way the task encodes prompts (a math question is followed by
+``<sep>``); ``length`` masked positions follow it, and the sampler fills them in. The result is
+the text up to the first ``<eos>`` after the prompt. With ``show_steps`` the partly decoded
+sequence is kept after every network call (masked tokens shown as ``▒``, ``<eos>`` as nothing),
+rebuilt from the decode order: a revealed token never changes afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+import torch
+
+from puma_mdm.errors import PumaError
+from puma_mdm.sampling import check_sampling_args, sample
+from puma_mdm.tasks.tokenized import TokenizedTask
+
+
+class SampleError(PumaError):
+    """A sampling request that cannot be carried out."""
+
+
+@dataclass
+class Generation:
+    text: str  # prompt and completion, as text (``<sep>`` shown as a line break)
+    completion: str  # what the model wrote after the prompt, cut at the first <eos>
+    nfe: int  # network calls until this sequence was complete
+    steps: list[str] = field(default_factory=list)  # the sequence after each call
+
+
+def layout(task: TokenizedTask, prompt: str | None, length: int | None, seq_len: int):
+    """(prompt ids, number of positions to generate), checked against the model's length."""
+    if task.needs_prompt and not prompt:
+        raise SampleError(f"a {task.name!r} model completes a prompt: give --prompt TEXT")
+    ids = task.prompt_ids(prompt) if prompt else []
+    room = seq_len - len(ids)
+    if room < 1:
+        raise SampleError(
+            f"the prompt is {len(ids)} tokens, but the model's sequences hold {seq_len}: "
+            "nothing is left to generate; shorten the prompt"
+        )
+    length = room if length is None else length
+    if length < 1:
+        raise SampleError(f"--length must be ≥ 1, got {length}")
+    if length > room:
+        raise SampleError(
+            f"--length {length} after the {len(ids)}-token prompt makes {len(ids) + length} "
+            f"tokens, more than the model's sequence length {seq_len}; use --length ≤ {room}"
+        )
+    return ids, length
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    task: TokenizedTask,
+    prompt: str | None = None,
+    length: int | None = None,
+    n: int = 1,
+    policy: str = "margin",
+    k: int | None = 1,
+    threshold: float | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+    show_steps: bool = False,
+) -> list[Generation]:
+    """``n`` completions of ``prompt`` (unconditional text when None), ``length`` tokens each
+    (default: up to the model's sequence length)."""
+    try:
+        check_sampling_args(policy, k if threshold is None else None, None, threshold, temperature)
+    except ValueError as err:
+        raise SampleError(str(err)) from None
+    if n < 1:
+        raise SampleError(f"--n must be ≥ 1, got {n}")
+    ids, length = layout(task, prompt, length, model.cfg.seq_len)
+    x_t = torch.tensor([ids + [task.mask_id] * length] * n)
+    result = sample(
+        model,
+        x_t,
+        task.mask_id,
+        policy=policy,
+        k=None if threshold is not None else k,
+        threshold=threshold,
+        temperature=temperature,
+        generator=torch.Generator().manual_seed(seed),
+        record_order=True,
+        eos_id=task.eos_id,
+    )
+    prompt_mask = torch.arange(x_t.shape[1]) < len(ids)
+    out = []
+    for row, order in zip(result.tokens, result.order, strict=True):
+        nfe = int(order.max()) + 1
+        steps = [task.show_partial(row.tolist(), (order > s).tolist()) for s in range(nfe)]
+        out.append(
+            Generation(
+                text=task.text_of(row.tolist()),
+                completion=task.completion(row, prompt_mask),
+                nfe=nfe,
+                steps=steps if show_steps else [],
+            )
+        )
+    return out
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from puma_mdm.pretrained import load_trained
+
+    model, task = load_trained(args.model)
+    if not isinstance(task, TokenizedTask):
+        raise SampleError(
+            f"{args.model} holds a {task.name!r} model; `puma sample` generates text with "
+            "math and text models (Sudoku: `puma solve`)"
+        )
+    generations = generate(
+        model,
+        task,
+        prompt=args.prompt,
+        length=args.length,
+        n=args.n,
+        policy=args.policy,
+        k=args.k,
+        threshold=args.threshold,
+        temperature=args.temperature,
+        seed=args.seed,
+        show_steps=args.show_steps,
+    )
+    for i, g in enumerate(generations):
+        if args.n > 1:
+            print(f"=== sample {i + 1} ===")
+        for s, state in enumerate(g.steps):
+            print(f"--- step {s + 1}/{g.nfe} ---\n{state}")
+        if g.steps:
+            print("--- result ---")
+        print(g.text)
+    return 0
+
+
+def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``sample`` to the ``puma`` command's sub-parsers."""
+    p = subparsers.add_parser(
+        "sample",
+        help="generate text with a trained math-program or text model",
+        description=(
+            "Fill in masked positions after a prompt with a trained model and print the text "
+            "(cut at the first end-of-sequence token). --show-steps prints the sequence after "
+            "every network call, still-masked tokens as ▒."
+        ),
+    )
+    p.add_argument("--model", required=True, help="model or run directory")
+    p.add_argument("--prompt", help="text to continue (a math model: the question)")
+    p.add_argument(
+        "--length", type=int, help="tokens to generate (default: up to the model's length)"
+    )
+    p.add_argument(
+        "--policy", default="margin", help="unmasking policy: random, top_prob, margin, entropy"
+    )
+    p.add_argument("--k", type=int, default=1, help="tokens revealed per network call")
+    p.add_argument(
+        "--threshold", type=float, help="reveal every token at least this confident (not --k)"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="0 = argmax; > 0 samples each token"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (policy random, temperature)")
+    p.add_argument("--n", type=int, default=1, help="number of samples")
+    p.add_argument(
+        "--show-steps", action="store_true", help="print how the sequence fills in, call by call"
+    )
+    p.set_defaults(func=cmd_sample)
+    return p
