@@ -71,10 +71,14 @@ def test_held_out_problems_use_patterns_training_never_shows(task):
     assert heldout_patterns(4, 0.2, 1) != set(held)
 
 
-def test_generation_is_deterministic(task):
+def test_generation_and_tokenizer_are_deterministic(task, examples):
+    """A resumed run (or another DDP rank) rebuilds the very same data and BPE tokenizer."""
     patterns = task.split()[0]
     assert generate_problems(50, patterns, 3) == generate_problems(50, patterns, 3)
     assert generate_problems(50, patterns, 3) != generate_problems(50, patterns, 4)
+    again = build_task("math", SMALL)
+    assert again.tokenizer.to_json() == task.tokenizer.to_json()
+    assert torch.equal(again.train_examples().x0, examples.x0)
 
 
 def test_sequence_layout_question_sep_program_eos(task, examples):
