@@ -221,4 +221,4 @@ def test_custom_code_needs_trust_remote_code(tmp_path, capsys):
 def test_prime_and_an_hf_model_do_not_mix(tmp_path, capsys):
     path = build("bert", tmp_path / "bert")
     err = run_error(tmp_path, capsys, f"model.hf_path={path}", "model.prime.digits=2")
-    assert "model.prime.digits needs puma's own Transformer" in err
+    assert "model.prime and model.hf_path cannot be combined" in err

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from puma_mdm.errors import ConfigError, ModelLoadError
+from puma_mdm.errors import ModelLoadError
 from puma_mdm.hf import HF_RECORD, quiet_progress, require
 from puma_mdm.hf.tokenizer import TOKENIZER_FILE, check_vocabulary, load_tokenizer
 
@@ -47,6 +47,10 @@ class HFModelSpec:
     seq_len: int
     mask_token_id: int
     trust_remote_code: bool = False
+    # An HF network trains as a plain bidirectional MDM: no ARM shift, no blocks.
+    causal = False
+    shift = False
+    block_size = 0
 
     @property
     def mask_id(self) -> int:
@@ -253,12 +257,8 @@ def load_hf_model(
 
 def build_hf_denoiser(section, task) -> HFDenoiser:
     """The denoiser of a ``puma train`` run whose ``model.hf_path`` is set (``section`` is the
-    config's model section); the other shape keys of the section do not apply."""
-    if section.prime.digits:
-        raise ConfigError(
-            "model.prime.digits needs puma's own Transformer; set model.prime.digits=0 to train "
-            "a Hugging Face model"
-        )
+    config's model section); the other shape keys of the section do not apply (the config
+    refuses combining it with MDM-Prime, blocks or ARM training)."""
     model, mask, n_classes = load_hf_model(
         section.hf_path, section.trust_remote_code, section.hf_mask_token_id
     )

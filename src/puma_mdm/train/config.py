@@ -201,12 +201,13 @@ def validate(cfg: Config) -> None:
         "training.strategy=arm": t.strategy == "arm",
         "model.init_from": cfg.model.init_from is not None,
         "model.prime": cfg.model.prime.digits > 0,
+        "model.hf_path": cfg.model.hf_path is not None,
     }
     on = [name for name, used in special.items() if used]
     need(
         len(on) <= 1,
         f"{' and '.join(on)} cannot be combined; block diffusion, ARM training, ARM "
-        "initialisation and MDM-Prime are separate model kinds",
+        "initialisation, MDM-Prime and Hugging Face networks are separate model kinds",
     )
     need(e.policy in POLICIES, f"eval.policy: {e.policy!r} is not one of {sorted(POLICIES)}")
     need(e.k >= 1, f"eval.k must be ≥ 1, got {e.k}")

@@ -84,11 +84,6 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 def build_model(cfg: Config, task: Task) -> Transformer:
     m, arm = cfg.model, cfg.training.strategy == "arm"
     if m.hf_path:
-        if arm or cfg.training.block_size or m.init_from or m.prime.digits:
-            raise ConfigError(
-                "model.hf_path trains a Hugging Face model as a plain MDM; it cannot be combined "
-                "with training.strategy=arm, training.block_size, model.init_from or model.prime"
-            )
         from puma_mdm.hf.adapter import build_hf_denoiser
 
         return build_hf_denoiser(m, task)
