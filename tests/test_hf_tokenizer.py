@@ -83,3 +83,35 @@ def test_bad_tokenizers_are_named(tmp_path, saved):
         check_vocabulary(loaded, 100, None, "m")
     with pytest.raises(TokenizerLoadError, match="not a pair"):
         check_vocabulary(loaded, n, loaded.mask_id + 1, "m")
+
+
+def test_train_with_a_tokenizer_directory_keeps_it_beside_the_model(saved, tmp_path_factory):
+    from puma_mdm.cli import main
+    from puma_mdm.pretrained import load_trained
+    from test_generate import TINY
+
+    directory, tok = saved
+    root = tmp_path_factory.mktemp("run")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(f"{CORPUS[i % 3]} ({i})" for i in range(200)))
+    args = ["train", "--config", "text", "--data", str(corpus), "--tokenizer", str(directory)]
+    assert main([*args, "--out-dir", str(root / "run"), *TINY, "task.options.seq_len=32"]) == 0
+    model_dir = root / "run" / "model"
+    assert (model_dir / "tokenizer.json").is_file()
+    assert (model_dir / "tokenizer_config.json").is_file()
+    directory.rename(root / "moved")  # the model must not need the original directory
+    model, task = load_trained(model_dir)
+    assert model.cfg.vocab_size == task.tokenizer.vocab_size == tok.get_vocab_size()
+    assert task.tokenizer.eos_id == tok.token_to_id("<eos>")
+    assert task.tokenizer.decode(task.tokenizer.encode(TEXTS[2])) == TEXTS[2]
+
+
+def test_a_tokenizer_option_that_is_neither_file_nor_directory_is_named(tmp_path, capsys):
+    from puma_mdm.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text\n" * 50)
+    args = ["train", "--config", "text", "--data", str(corpus), "--out-dir", str(tmp_path / "r")]
+    assert main([*args, "--tokenizer", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "task.options.tokenizer" in err and "missing" in err and err.count("\n") == 1

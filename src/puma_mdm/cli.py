@@ -52,6 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"logging.out_dir={args.out_dir}")
         if args.data:
             overrides.append(f"task.options.data={args.data}")
+        if args.tokenizer:
+            overrides.append(f"task.options.tokenizer={args.tokenizer}")
         cfg = load_config(config_path(args.config), overrides)
     try:
         trainer = Trainer(cfg, resume=bool(args.resume))
@@ -201,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="run directory (overrides logging.out_dir)")
     p.add_argument(
         "--data", help="text corpus (.txt/.jsonl file or directory): sets task.options.data"
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        help="text and math tasks: a saved Hugging Face tokenizer directory (or tokenizer.json): "
+        "sets task.options.tokenizer",
     )
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
