@@ -50,9 +50,7 @@ class ModelConfig:
     dropout: float = 0.0
     norm_eps: float = 1e-6
     prime_digits: int = 0  # MDM-Prime: digits per token ℓ (0 = a plain token model; prime/)
-    block_size: int = (
-        0  # block diffusion: block-causal attention over blocks of this size (0 = off)
-    )
+    block_size: int = 0  # block diffusion: block-causal attention in blocks of this size
     shift: bool = False  # output i = logits at position i−1 (ARMs and MDMs initialised from one)
 
     @property
