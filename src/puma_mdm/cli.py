@@ -8,9 +8,11 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from puma_mdm.analyze import add_analyze_parser
 from puma_mdm.bench.cli import add_bench_parser
 from puma_mdm.errors import PumaError
 from puma_mdm.generate import add_sample_parser
+from puma_mdm.hf.cli import add_export_parser
 
 
 def bundled_config(name: str) -> Path:
@@ -50,6 +52,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"logging.out_dir={args.out_dir}")
         if args.data:
             overrides.append(f"task.options.data={args.data}")
+        if args.tokenizer:
+            overrides.append(f"task.options.tokenizer={args.tokenizer}")
         cfg = load_config(config_path(args.config), overrides)
     try:
         trainer = Trainer(cfg, resume=bool(args.resume))
@@ -201,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", help="text corpus (.txt/.jsonl file or directory): sets task.options.data"
     )
     p.add_argument(
+        "--tokenizer",
+        metavar="DIR",
+        help="text and math tasks: a saved Hugging Face tokenizer directory (or tokenizer.json): "
+        "sets task.options.tokenizer",
+    )
+    p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
@@ -281,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_bench_parser(sub)
+    add_analyze_parser(sub)
+    add_export_parser(sub)
     add_sample_parser(sub)
 
     p = sub.add_parser("configs", help="list the bundled configs")

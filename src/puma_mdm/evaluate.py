@@ -8,8 +8,10 @@ from collections.abc import Sequence
 
 import torch
 
+from puma_mdm.arm import next_token_batch
 from puma_mdm.losses import mdm_loss
-from puma_mdm.masking import mask_continuous, mask_count
+from puma_mdm.masking import Batch, block_logits, mask_continuous, mask_count
+from puma_mdm.masking.block import mask_blocks
 from puma_mdm.sampling import sample
 from puma_mdm.tasks.base import Examples, Task
 
@@ -45,6 +47,7 @@ def evaluate(
             threshold=threshold,
             generator=generator,
             autocast_dtype=autocast_dtype,
+            eos_id=getattr(task, "eos_id", None),
         )
         correct += int(task.correct(result.tokens, chunk).sum())
         nfe += result.nfe
@@ -65,8 +68,8 @@ def nll_bound(
 ) -> float:
     """Per-token NLL upper bound (nats) on random masks, averaged over ``samples`` draws of the
     ELBO: ``count`` form E_n[(1/n) Σ_masked −log p(x0_i | x_t)], or ``continuous`` form
-    E_t[(1/(t·L_eff)) Σ_masked −log p(x0_i | x_t)] with antithetic t across each batch."""
-    draw = {"count": mask_count, "continuous": mask_continuous}[form]
+    E_t[(1/(t·L_eff)) Σ_masked −log p(x0_i | x_t)] with antithetic t across each batch.
+    Block models are scored block by block (their ELBO); an ARM gives its exact NLL."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -76,11 +79,34 @@ def nll_bound(
         for start in range(0, len(examples), batch_size):
             x0 = examples.x0[start : start + batch_size].to(device)
             prompt = examples.prompt_mask[start : start + batch_size].to(device)
-            batch = draw(x0, prompt, mask_id, generator)
-            total += float(mdm_loss(model(batch.x_t), batch)) * len(x0)
+            batch, logits = scored_batch(model, x0, prompt, mask_id, generator, form)
+            total += float(mdm_loss(logits, batch)) * len(x0)
             count += len(x0)
     model.train(was_training)
     return total / count
+
+
+def scored_batch(
+    model: torch.nn.Module,
+    x0: torch.Tensor,
+    prompt: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator,
+    form: str = "count",
+) -> tuple[Batch, torch.Tensor]:
+    """A batch of the kind the model trains on, and its logits there: next-token targets for an
+    ARM, per-block masks for a block model, random masks otherwise."""
+    cfg = getattr(model, "cfg", None)
+    if getattr(cfg, "causal", False):
+        return next_token_batch(x0, prompt), model(x0)
+    block = getattr(cfg, "block_size", 0)
+    if block:
+        batch = mask_blocks(x0, prompt, mask_id, block, generator, form)
+        return batch, block_logits(model, batch.x_t, batch.x0, block)
+    batch = {"count": mask_count, "continuous": mask_continuous}[form](
+        x0, prompt, mask_id, generator
+    )
+    return batch, model(batch.x_t)
 
 
 def likelihood_report(

@@ -87,6 +87,7 @@ def generate(
         temperature=temperature,
         generator=torch.Generator().manual_seed(seed),
         record_order=True,
+        eos_id=task.eos_id,
     )
     prompt_mask = torch.arange(x_t.shape[1]) < len(ids)
     out = []

@@ -18,8 +18,11 @@ def masked_cross_entropy(
     """(1/B) Σ_b w_b Σ_{i masked} −log p_θ(x0_i | x_t).
 
     Only masked positions are scored (prompt positions are never masked). Cross-entropy is
-    computed in float32 even under autocast."""
+    computed in float32 even under autocast. ``weights`` may also be (B, L), one per position
+    (block diffusion weighs each block)."""
     ce = F.cross_entropy(logits[masked].float(), x0[masked], reduction="none")
+    if weights.dim() == 2:
+        ce, weights = ce * weights[masked], torch.ones(len(x0), device=logits.device)
     row = torch.zeros(len(x0), device=logits.device).index_add_(0, masked.nonzero()[:, 0], ce)
     return (row * weights).mean()
 

@@ -5,7 +5,9 @@ token embedding (+ optional learned structured-position tables) → N pre-norm b
 SwiGLU MLP) → RMSNorm → linear head over the vocabulary. No time embedding: the number of
 masks is visible in the input. ``causal=True`` turns the same network into an autoregressive
 model, and ``forward(..., attn_mask=...)`` accepts any boolean mask (True = may attend), e.g.
-block-causal attention.
+block-causal attention. ``block_size`` makes block-causal attention the default (block
+diffusion, masking/block.py); ``shift`` aligns the output of an autoregressively initialised
+network: output ``i`` is the logits computed at position ``i−1`` (it predicts token ``i``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from puma_mdm.errors import ConfigError, ModelLoadError
+from puma_mdm.hf import HF_RECORD
+from puma_mdm.masking.block import block_causal_mask
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -46,6 +50,8 @@ class ModelConfig:
     dropout: float = 0.0
     norm_eps: float = 1e-6
     prime_digits: int = 0  # MDM-Prime: digits per token ℓ (0 = a plain token model; prime/)
+    block_size: int = 0  # block diffusion: block-causal attention in blocks of this size
+    shift: bool = False  # output i = logits at position i−1 (ARMs and MDMs initialised from one)
 
     @property
     def mask_id(self) -> int:
@@ -86,6 +92,12 @@ class ModelConfig:
                 f"position table {name!r} has {len(table)} entries, seq_len is {self.seq_len}",
             )
             need(min(table) >= 0, f"position table {name!r} has negative entries")
+        need(self.block_size >= 0, f"block_size must be ≥ 0, got {self.block_size}")
+        need(
+            not (self.block_size and (self.shift or self.causal or self.prime_digits)),
+            "block_size cannot be combined with shift, causal or prime_digits; train block "
+            "diffusion from scratch as a plain token model",
+        )
         need(self.prime_digits >= 0, f"prime_digits must be ≥ 0, got {self.prime_digits}")
         if self.prime_digits:
             need(
@@ -245,23 +257,39 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, ids: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """ids (B, L) long → logits (B, L, V). attn_mask: bool (L, L) or (B, 1, L, L), True = may
-        attend. Sequences may be shorter than ``seq_len``."""
+        attend (default: block-causal when ``block_size`` is set). ``positions`` (L,): the
+        position of each input (default 0..L−1). Sequences may be shorter than ``seq_len``."""
         L = ids.shape[1]
-        if self.cfg.seq_len < L:
-            raise ValueError(f"sequence length {L} exceeds the model's seq_len {self.cfg.seq_len}")
+        if positions is None:
+            if self.cfg.seq_len < L:
+                raise ValueError(
+                    f"sequence length {L} exceeds the model's seq_len {self.cfg.seq_len}"
+                )
+            positions = slice(None, L)
+        if attn_mask is None and self.cfg.block_size:
+            attn_mask = block_causal_mask(L, self.cfg.block_size, ids.device)
         x = self.embed(ids)
         for name, emb in self.position_embeds.items():
-            x = x + emb(getattr(self, f"pos_{name}")[:L])
+            x = x + emb(getattr(self, f"pos_{name}")[positions])
         x = self.drop(x)
-        rope = (self.rope_cos[:L], self.rope_sin[:L]) if self.cfg.rope else None
+        rope = (self.rope_cos[positions], self.rope_sin[positions]) if self.cfg.rope else None
         for block in self.blocks:
             x = block(x, rope, attn_mask, self.cfg.causal)
         x = self.norm(x)
         if self.head is None:
-            return F.linear(x, self.embed.weight[: self.cfg.vocab_size])
-        return self.head(x)
+            logits = F.linear(x, self.embed.weight[: self.cfg.vocab_size])
+        else:
+            logits = self.head(x)
+        if self.cfg.shift:  # position 0 has no predecessor: uniform logits (it must be a prompt)
+            logits = torch.cat((torch.zeros_like(logits[:, :1]), logits[:, :-1]), dim=1)
+        return logits
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``."""
@@ -280,8 +308,13 @@ class Transformer(nn.Module):
         cls, directory: str | Path, map_location: str | torch.device = "cpu"
     ) -> Transformer:
         """Load a model written by :meth:`save_pretrained` (an MDM-Prime model as
-        :class:`~puma_mdm.prime.model.PrimeTransformer`)."""
+        :class:`~puma_mdm.prime.model.PrimeTransformer`, a Hugging Face model trained with
+        ``model.hf_path`` as :class:`~puma_mdm.hf.adapter.HFDenoiser`)."""
         directory = Path(directory)
+        if (directory / HF_RECORD).is_file() and cls is Transformer:
+            from puma_mdm.hf.adapter import HFDenoiser  # a Hugging Face model trained by puma
+
+            return HFDenoiser.from_pretrained(directory, map_location)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():

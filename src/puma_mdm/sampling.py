@@ -13,7 +13,9 @@ once over the rows that still have masks, scores every masked position with an u
 * which value: the argmax (``temperature=0``) or a sample from p^(1/T) by Gumbel-max in float64.
 
 Everything is vectorised over the batch; positions that are not masked at the start
-(prompts, given context) are never changed.
+(prompts, given context) are never changed. Block-diffusion models (``cfg.block_size``) are
+decoded block by block, and autoregressive ones (``cfg.causal``) token by token, left to right
+(:func:`sample_blocks`).
 """
 
 from __future__ import annotations
@@ -113,10 +115,33 @@ def sample(
     generator: torch.Generator | None = None,
     record_order: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    block_size: int | None = None,
+    eos_id: int | None = None,
 ) -> SampleResult:
     """Fill every ``mask_id`` position of ``x_t`` (B, L). With none of ``k``, ``steps``,
     ``threshold`` given, ``k=1``. ``model`` maps ids (B, L) to logits (B, L, V). An MDM-Prime
-    model (one with a ``codec``) is sampled digit by digit (:mod:`puma_mdm.prime.sampling`)."""
+    model (one with a ``codec``) is sampled digit by digit (:mod:`puma_mdm.prime.sampling`).
+    ``block_size`` (default: 1 for a causal model, else the model's ``cfg.block_size``, 0 = the
+    whole sequence at once) and ``eos_id`` are as in :func:`sample_blocks`."""
+    if block_size is None:
+        cfg = getattr(model, "cfg", None)
+        block_size = 1 if getattr(cfg, "causal", False) else getattr(cfg, "block_size", 0)
+    if block_size:
+        return sample_blocks(
+            model,
+            x_t,
+            mask_id,
+            block_size,
+            eos_id,
+            policy=policy,
+            k=k,
+            steps=steps,
+            threshold=threshold,
+            temperature=temperature,
+            generator=generator,
+            record_order=record_order,
+            autocast_dtype=autocast_dtype,
+        )
     codec = getattr(model, "codec", None)
     if codec is not None:
         from puma_mdm.prime.sampling import sample_tokens
@@ -175,4 +200,46 @@ def sample(
         if order is not None:
             order[active] = torch.where(reveal, nfe, order[active])
         nfe += 1
+    return SampleResult(tokens=x, nfe=nfe, order=order)
+
+
+def sample_blocks(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x_t: torch.Tensor,
+    mask_id: int,
+    block_size: int,
+    eos_id: int | None = None,
+    record_order: bool = False,
+    **options,
+) -> SampleResult:
+    """Decode blocks of ``block_size`` positions left to right. Block ``n`` is filled by
+    :func:`sample` (any policy, ``k``, ``steps`` or ``threshold`` in ``options``) run on the
+    prefix ``x[:, :end_n]`` only: the model's block-causal (or causal) attention means later
+    blocks are out of its view anyway. Finished blocks and prompt positions are never changed.
+    With ``eos_id``, once a row has generated ``<eos>`` its later masked positions become
+    ``<eos>`` (the padding convention) without network calls; decoding stops when no masks are
+    left. ``nfe`` counts every network call; ``order`` numbers steps across blocks."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be ≥ 1, got {block_size}")
+    x = x_t.clone()
+    generated = x_t == mask_id
+    order = torch.full_like(x, -1) if record_order else None
+    nfe = 0
+    for start in range(0, x.shape[1], block_size):
+        if eos_id is not None:
+            ended = ((x[:, :start] == eos_id) & generated[:, :start]).any(1, keepdim=True)
+            x[:, start:] = x[:, start:].masked_fill(ended & (x[:, start:] == mask_id), eos_id)
+        if not bool((x == mask_id).any()):
+            break
+        end = start + block_size
+        if not bool((x[:, start:end] == mask_id).any()):
+            continue
+        result = sample(
+            model, x[:, :end], mask_id, record_order=record_order, block_size=0, **options
+        )
+        x[:, start:end] = result.tokens[:, start:]
+        if order is not None:
+            part = result.order[:, start:]
+            order[:, start:end] = torch.where(part >= 0, part + nfe, -1)
+        nfe += result.nfe
     return SampleResult(tokens=x, nfe=nfe, order=order)

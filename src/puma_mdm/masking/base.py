@@ -13,7 +13,8 @@ class Batch:
     """One training batch.
 
     ``x_t`` is ``x0`` with the positions in ``masked`` replaced by the mask id; ``weights[b]``
-    multiplies the summed cross-entropy of row ``b`` (e.g. ``1/n_b``)."""
+    multiplies the summed cross-entropy of row ``b`` (e.g. ``1/n_b``), or ``weights[b, i]``
+    that of position ``i`` (block diffusion)."""
 
     x0: torch.Tensor
     x_t: torch.Tensor

@@ -23,20 +23,24 @@ from puma_mdm.errors import ConfigError, ModelLoadError
 from puma_mdm.tasks.base import Task
 from puma_mdm.tokenizers import TOKENIZER_FILE, BPETokenizer, ByteTokenizer, Tokenizer
 
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"  # the special-token roles of an HF tokenizer
 MASK_GLYPH = "▒"  # how a still-masked token is shown while a sequence fills in
 
 
 @dataclass
 class TokenizerOptions:
-    tokenizer: str = "byte"  # byte | bpe (trained on the training split) | a tokenizer.json path
+    # byte | bpe (trained on the training split) | one of our tokenizer.json files | a saved
+    # Hugging Face tokenizer directory (tokenizer.json + tokenizer_config.json; puma-mdm[hf])
+    tokenizer: str = "byte"
     bpe_vocab: int = 1024  # vocabulary size of a trained BPE tokenizer
 
     def __post_init__(self) -> None:
-        named = self.tokenizer in ("byte", "bpe")
-        if not named and not self.tokenizer.endswith(".json"):
-            raise ValueError(
-                f"tokenizer {self.tokenizer!r} is not 'byte', 'bpe' or a tokenizer.json path"
-            )
+        if not self.tokenizer.strip():
+            raise ValueError("tokenizer is empty; give byte, bpe, a tokenizer.json or a directory")
+
+    @property
+    def from_hf_directory(self) -> bool:
+        return self.tokenizer not in ("byte", "bpe") and not self.tokenizer.endswith(".json")
 
 
 class TokenizedTask(Task):
@@ -58,6 +62,15 @@ class TokenizedTask(Task):
                 self._tokenizer = ByteTokenizer()
             elif choice == "bpe":
                 self._tokenizer = BPETokenizer.train(self.tokenizer_texts(), self.options.bpe_vocab)
+            elif self.options.from_hf_directory:
+                if not Path(choice).is_dir():
+                    raise ConfigError(
+                        f"task.options.tokenizer: {choice!r} is not 'byte', 'bpe', a "
+                        "tokenizer.json file or a tokenizer directory"
+                    )
+                from puma_mdm.hf.tokenizer import load_tokenizer
+
+                self._tokenizer = load_tokenizer(choice)
             else:
                 if not Path(choice).is_file():
                     raise ConfigError(f"task.options.tokenizer: no such file {choice}")
@@ -68,9 +81,20 @@ class TokenizedTask(Task):
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
+    @property
+    def eos_id(self) -> int:
+        """Decoders stop a row once it has generated this id (block and ARM sampling)."""
+        return self.tokenizer.eos_id
+
     def artifacts(self) -> dict[str, str]:
+        """Files written beside the weights so the model can be used without the original
+        tokenizer source: ``tokenizer.json`` (plus the special-token roles of an HF one)."""
         tok = self.tokenizer
-        return {TOKENIZER_FILE: tok.to_json()} if isinstance(tok, BPETokenizer) else {}
+        if isinstance(tok, BPETokenizer):
+            return {TOKENIZER_FILE: tok.to_json()}
+        if self.options.from_hf_directory:
+            return {TOKENIZER_FILE: tok.to_json(), HF_TOKENIZER_CONFIG: tok.config_json()}
+        return {}
 
     def restore(self, directory: Path) -> None:
         if self.options.tokenizer == "byte":
@@ -78,7 +102,12 @@ class TokenizedTask(Task):
         path = Path(directory) / TOKENIZER_FILE
         if not path.is_file():
             raise ModelLoadError(f"{directory} has no {TOKENIZER_FILE}, which its model needs")
-        self._tokenizer = BPETokenizer.load(path)
+        if self.options.from_hf_directory:
+            from puma_mdm.hf.tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(directory)
+        else:
+            self._tokenizer = BPETokenizer.load(path)
 
     def prompt_ids(self, text: str) -> list[int]:
         """The ids a prompt is given to the model as."""

@@ -15,7 +15,7 @@ from puma_mdm.errors import ConfigError
 from puma_mdm.losses import LOSS_NORMS
 from puma_mdm.sampling import POLICIES
 
-STRATEGIES = ("standard", "progressive")
+STRATEGIES = ("standard", "progressive", "arm")
 AUTOCAST = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -37,6 +37,11 @@ class ModelSection:
     tie_head: bool = False  # share the output head with the token embedding
     dropout: float = 0.0
     prime: PrimeSection = field(default_factory=PrimeSection)  # partial masking (prime/)
+    # A Hugging Face model from a local directory instead of the shape above (puma-mdm[hf])
+    hf_path: str | None = None
+    trust_remote_code: bool = False  # run the model code shipped in hf_path (custom models)
+    hf_mask_token_id: int | None = None  # default: from its config.json or its tokenizer
+    init_from: str | None = None  # an ARM's model dir to start from, keeping its shift (arm.py)
 
 
 @dataclass
@@ -54,7 +59,8 @@ class PumaSection:
 
 @dataclass
 class TrainingSection:
-    strategy: str = "progressive"  # standard (random masking) | progressive (PUMA)
+    strategy: str = "progressive"  # standard (random masking) | progressive (PUMA) | arm
+    block_size: int = 0  # block diffusion: blocks of this many tokens (0 = off; masking/block.py)
     steps: int = 1000  # optimiser steps
     batch_size: int = 32  # sequences per optimiser step (the PUMA pool size)
     grad_accum: int = 1  # micro-batches per step (batch_size must be divisible by it)
@@ -188,6 +194,20 @@ def validate(cfg: Config) -> None:
     need(
         cfg.model.prime.loss in ("joint", "marginal"),
         f"model.prime.loss: {cfg.model.prime.loss!r} is not joint or marginal",
+    )
+    need(t.block_size >= 0, f"training.block_size must be ≥ 0, got {t.block_size}")
+    special = {
+        "training.block_size": t.block_size > 0,
+        "training.strategy=arm": t.strategy == "arm",
+        "model.init_from": cfg.model.init_from is not None,
+        "model.prime": cfg.model.prime.digits > 0,
+        "model.hf_path": cfg.model.hf_path is not None,
+    }
+    on = [name for name, used in special.items() if used]
+    need(
+        len(on) <= 1,
+        f"{' and '.join(on)} cannot be combined; block diffusion, ARM training, ARM "
+        "initialisation, MDM-Prime and Hugging Face networks are separate model kinds",
     )
     need(e.policy in POLICIES, f"eval.policy: {e.policy!r} is not one of {sorted(POLICIES)}")
     need(e.k >= 1, f"eval.k must be ≥ 1, got {e.k}")

@@ -25,10 +25,20 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from puma_mdm.arm import NextToken, check_first_is_prompt, init_from_arm
 from puma_mdm.errors import CheckpointError, ConfigError, PumaError
 from puma_mdm.evaluate import evaluate, nll_bound
 from puma_mdm.losses import mdm_loss, normalize_loss
-from puma_mdm.masking import Batch, ExampleStream, ForwardProcess, ProgressivePool, RandomMasking
+from puma_mdm.masking import (
+    Batch,
+    BlockMasking,
+    BlockPool,
+    ExampleStream,
+    ForwardProcess,
+    ProgressivePool,
+    RandomMasking,
+    block_logits,
+)
 from puma_mdm.model import ModelConfig, Transformer
 from puma_mdm.pretrained import TASK_FILE
 from puma_mdm.prime.evaluate import prime_nll_bound
@@ -72,8 +82,17 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def build_model(cfg: Config, task: Task) -> Transformer:
-    m = cfg.model
-    return (PrimeTransformer if m.prime.digits else Transformer)(
+    m, arm = cfg.model, cfg.training.strategy == "arm"
+    if m.hf_path:
+        from puma_mdm.hf.adapter import build_hf_denoiser
+
+        return build_hf_denoiser(m, task)
+    if cfg.training.block_size and task.seq_len % cfg.training.block_size:
+        raise ConfigError(
+            f"training.block_size={cfg.training.block_size} must divide the task's sequence "
+            f"length {task.seq_len}"
+        )
+    model = (PrimeTransformer if m.prime.digits else Transformer)(
         ModelConfig(
             vocab_size=task.vocab_size,
             seq_len=task.seq_len,
@@ -87,8 +106,14 @@ def build_model(cfg: Config, task: Task) -> Transformer:
             tie_head=m.tie_head,
             dropout=m.dropout,
             prime_digits=m.prime.digits,
+            block_size=cfg.training.block_size,
+            causal=arm,
+            shift=arm or m.init_from is not None,
         )
     )
+    if m.init_from is not None:
+        init_from_arm(model, m.init_from)
+    return model
 
 
 def task_record(cfg: Config) -> str:
@@ -121,6 +146,8 @@ class Trainer:
             )
         torch.manual_seed(t.seed)  # the same initial weights (and EMA) on every rank
         self.model = build_model(cfg, self.task).to(self.device)
+        if hasattr(self.model, "check_examples"):  # an HF model's own mask token is a real id
+            self.model.check_examples(train.x0)
         seed = t.seed + rank  # each rank: its own data order, masks and dropout
         torch.manual_seed(seed)
         shard = train[rank::world]
@@ -129,6 +156,8 @@ class Trainer:
         if self.codec is None:
             self.stream = ExampleStream(shard.x0, shard.prompt_mask, seed=seed)
             self.loss = mdm_loss
+            if self.model.cfg.shift:
+                check_first_is_prompt(shard.prompt_mask)
         else:
             self.stream = digit_stream(shard.x0, shard.prompt_mask, self.codec, seed=seed)
             self.loss = functools.partial(prime_loss, codec=self.codec, form=cfg.model.prime.loss)
@@ -159,6 +188,25 @@ class Trainer:
     def _forward_process(self, seed: int) -> ForwardProcess:
         t = self.cfg.training
         mask_id = self.task.mask_id if self.codec is None else self.codec.mask_digit
+        if t.strategy == "arm":
+            return NextToken(self.stream, t.batch_size, self.device)
+        if t.block_size and t.strategy == "standard":
+            return BlockMasking(
+                self.stream, t.batch_size, mask_id, t.block_size, seed, t.loss_form, self.device
+            )
+        if t.block_size:
+            p = t.puma
+            return BlockPool(
+                self.stream,
+                t.batch_size,
+                mask_id,
+                t.block_size,
+                p.k_schedule,
+                p.mode,
+                p.tau,
+                seed,
+                self.device,
+            )
         if t.strategy == "standard":
             process = RandomMasking(
                 self.stream, t.batch_size, mask_id, seed, t.loss_form, self.device
@@ -238,12 +286,19 @@ class Trainer:
             skip_sync = self.dist.enabled and i < parts - 1
             with self.net.no_sync() if skip_sync else nullcontext():
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    logits = self.net(micro.x_t)
+                    logits = self._logits(micro)
                 loss = self.loss(logits, micro)
                 (loss / parts).backward()
             losses.append(loss.detach())
             logits_all.append(logits.detach())
         return torch.stack(losses).mean(), torch.cat(logits_all)
+
+    def _logits(self, batch: Batch) -> torch.Tensor:
+        """The network's logits on a batch: block models see ``[x_t | x0]`` (masking/block.py)."""
+        block = self.cfg.training.block_size
+        if block:
+            return block_logits(self.net, batch.x_t, batch.x0, block)
+        return self.net(batch.x_t)
 
     def _agree(self, loss: float) -> float:
         """The loss averaged over ranks; also agree on stopping and count the sequences seen
