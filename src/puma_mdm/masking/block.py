@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from puma_mdm.masking.base import Batch, check_mask_id, pick_top, random_scores
-from puma_mdm.masking.progressive import MODES, KSchedule, ProgressivePool
+from puma_mdm.masking.progressive import KSchedule, ProgressivePool
 from puma_mdm.masking.random import FORMS, mask_continuous, mask_count
 from puma_mdm.masking.stream import ExampleStream
 
@@ -164,10 +164,8 @@ class BlockPool(ProgressivePool):
         seed: int = 0,
         device: torch.device | str = "cpu",
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown PUMA mode {mode!r}; choose one of {MODES}")
-        check_blocks(stream.x0.shape[1], block_size)
         super().__init__(stream, batch_size, mask_id, k_schedule, mode, tau, seed, device)
+        check_blocks(stream.x0.shape[1], block_size)
         self.block_size = block_size
 
     def _blocks(self, t: torch.Tensor) -> torch.Tensor:
