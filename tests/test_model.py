@@ -80,3 +80,29 @@ def test_bad_shapes_are_rejected(kw, message):
 def test_longer_input_than_seq_len_is_rejected():
     with pytest.raises(ValueError, match="exceeds the model's seq_len"):
         small()(torch.zeros(1, 13, dtype=torch.long))
+
+
+@pytest.mark.parametrize("mask", ["none", "causal", "custom"])
+def test_explicit_low_precision_attention_matches_sdpa(mask):
+    """The explicit path taken when training in bf16 on a CPU computes the same attention
+    (values and gradients) as F.scaled_dot_product_attention in fp32, to bf16 precision."""
+    import torch.nn.functional as F
+
+    from puma_mdm.model import attend
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 8) for _ in range(3))
+    allowed = torch.rand(10, 10) < 0.6
+    allowed.fill_diagonal_(True)
+    attn_mask = allowed if mask == "custom" else None
+    causal = mask == "causal"
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*ref_in, attn_mask=attn_mask, is_causal=causal)
+    ref.square().sum().backward()
+    low_in = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    out = attend(*low_in, attn_mask, causal, 0.0)
+    out.float().square().sum().backward()
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+    for a, b in zip(low_in, ref_in, strict=True):
+        torch.testing.assert_close(a.grad.float(), b.grad, atol=0.1, rtol=0.05)
