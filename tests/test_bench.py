@@ -221,6 +221,14 @@ def test_throughput_smoke(tmp_path):
     assert len(saved["training"]) == 2 * 2 * 2  # sizes × strategies × precisions
     for row in saved["training"]:
         assert row["tokens_per_s"] > 0 and 0 < row["forward_process_fraction"] < 1
+        fp32 = next(
+            r
+            for r in saved["training"]
+            if (r["size"], r["strategy"], r["autocast"]) == (row["size"], row["strategy"], "fp32")
+        )
+        assert row["speedup_vs_fp32"] == pytest.approx(
+            fp32["seconds_per_step"] / row["seconds_per_step"]
+        )
     assert len(saved["sampling"]) == 2 * 2 * 2 * 2  # batches × precisions × policies × decodings
     k1 = [r for r in saved["sampling"] if r["decoding"] == "k=1"]
     assert all(r["nfe"] == 5 for r in k1)  # 5 cells to fill, one per forward
@@ -228,6 +236,26 @@ def test_throughput_smoke(tmp_path):
     assert ref["nfe"] == 5 and ref["batch_size"] == 4
     assert ref["sampler_seconds_extrapolated"] == pytest.approx(5 * ref["forward_seconds_measured"])
     assert len(ref["comparison"]) == 2 * 2 * 2
+
+
+@pytest.mark.slow
+def test_throughput_times_compiled_training_beside_eager(tmp_path):
+    report = run_throughput(
+        bundled_config("sort"),
+        TINY,
+        tmp_path,
+        sizes={"tiny": []},
+        strategies=["progressive"],
+        autocasts=["fp32"],
+        train_steps=2,
+        warmup_steps=1,
+        sample_batches=[],
+        compile=True,
+    )
+    eager, compiled = report["training"]
+    assert (eager["setting"], compiled["setting"]) == ("fp32", "fp32+compile")
+    assert compiled["compile"] and not eager["compile"]
+    assert eager["speedup_vs_fp32"] == 1.0 and compiled["speedup_vs_fp32"] > 0
 
 
 def test_bench_parser_has_both_commands():

@@ -113,3 +113,27 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path, capsys):
 def test_wandb_mode_is_validated():
     with pytest.raises(ConfigError, match=r"logging\.wandb_mode"):
         load_config(None, ["logging.wandb_mode=sometimes"])
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_the_eager_run(tmp_path):
+    """training.compile=true changes how the step runs, not what it computes: the same seed
+    gives the same losses (to float rounding) and a model that saves and loads."""
+    runs = {}
+    for compiled in (False, True):
+        out = tmp_path / str(compiled)
+        cfg = load_config(
+            None,
+            [
+                *TINY,
+                "training.strategy=progressive",
+                "training.steps=20",
+                f"training.compile={str(compiled).lower()}",
+                f"logging.out_dir={out}",
+            ],
+        )
+        Trainer(cfg).train()
+        runs[compiled] = losses(out)
+    assert len(runs[True]) == 2
+    assert runs[True] == pytest.approx(runs[False], rel=1e-3)
+    Transformer.from_pretrained(tmp_path / "True" / "model")

@@ -94,6 +94,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         min_seconds=args.min_seconds,
         reference=REFERENCE if sudoku else None,  # the reference comparison is Sudoku's
         threads=args.threads,
+        compile=args.compile,
     )
     return 0
 
@@ -180,6 +181,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("--strategies", default="standard,progressive", help="strategies to train")
     p.add_argument("--autocast", default="fp32,bf16", help="precisions: fp32, bf16")
+    p.add_argument(
+        "--compile", action="store_true", help="also time torch.compile'd training per precision"
+    )
     p.add_argument("--train-steps", type=int, default=5, help="timed training steps per setting")
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before timing")
     p.add_argument(

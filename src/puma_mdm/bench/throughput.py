@@ -1,6 +1,7 @@
 """``puma bench throughput``: training tokens/s per strategy and sampling puzzles/s per policy.
 
-* Training: for each model size, strategy and precision, a few timed steps after warm-up. The
+* Training: for each model size, strategy and precision (and, with ``compile``, each precision
+  under torch.compile), a few timed steps after warm-up, the settings' steps alternating. The
   step is written out here with the trainer's own pieces (``process.batch``, forward under
   autocast, ``mdm_loss``, backward, clip, AdamW, ``process.update``) so that the forward
   process's share of it — ``batch()`` + ``update(logits)`` — is timed directly.
@@ -40,6 +41,9 @@ SIZES = {
     "reference-81": REFERENCE_NETWORK,  # the reference network on the 81-token encoding
     "reference": REFERENCE,  # the PUMA paper's Sudoku model: 162 tokens
 }
+# The PUMA reference code's fp32 training step at the reference shape on this machine class
+# (2 cores), in seconds: quoted from FACTS.md, not measured here (the code is not shipped).
+REFERENCE_CODE_STEP = 1.69
 AUTOCASTS = {"fp32": None, "bf16": torch.bfloat16}
 STRATEGIES = ("standard", "progressive")
 
@@ -68,7 +72,7 @@ def timed_step(trainer: Trainer) -> tuple[float, float]:
     built = time.perf_counter()
     trainer.optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=trainer.amp, enabled=trainer.amp is not None):
-        logits = trainer.model(batch.x_t)
+        logits = trainer.net(batch.x_t)
     mdm_loss(logits, batch).backward()
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), clip)
@@ -88,45 +92,67 @@ def measure_training(
     size: str,
     size_overrides: list[str],
     strategy: str,
-    autocast: str,
+    settings: Sequence[tuple[str, bool]],
     steps: int,
     warmup: int,
-) -> dict:
-    """Median seconds/step, tokens/s and the forward process's share for one setting."""
-    cfg = load_config(
-        base.config,
-        [
-            *base.overrides,
-            *size_overrides,
-            f"training.strategy={strategy}",
-            f"training.autocast={autocast}",
-            f"logging.out_dir={base.out_dir / 'scratch'}",
-            "logging.tensorboard=false",
-            "logging.progress=false",
-        ],
-    )
-    trainer = Trainer(cfg)
+) -> list[dict]:
+    """Median seconds/step, tokens/s and the forward process's share for one size and strategy
+    in each setting (precision, torch.compile or not). The settings' steps alternate, so
+    machine noise hits all of them; each row's ``speedup_vs_fp32`` is measured against the
+    eager fp32 row of this interleaved run."""
+    trainers = {}
+    for autocast, compiled in settings:
+        cfg = load_config(
+            base.config,
+            [
+                *base.overrides,
+                *size_overrides,
+                f"training.strategy={strategy}",
+                f"training.autocast={autocast}",
+                f"training.compile={str(compiled).lower()}",
+                f"logging.out_dir={base.out_dir / 'scratch'}",
+                "logging.tensorboard=false",
+                "logging.progress=false",
+            ],
+        )
+        torch.manual_seed(0)
+        trainers[autocast + ("+compile" if compiled else "")] = Trainer(cfg)
     for _ in range(warmup):
-        timed_step(trainer)
-    times = [timed_step(trainer) for _ in range(steps)]
-    step_s = statistics.median(t for t, _ in times)
-    process_s = statistics.median(p for _, p in times)
-    tokens = cfg.training.batch_size * trainer.task.seq_len
-    return {
-        "size": size,
-        "strategy": strategy,
-        "autocast": autocast,
-        "parameters": trainer.model.num_parameters(),
-        "dim": cfg.model.dim,
-        "n_layers": cfg.model.n_layers,
-        "batch_size": cfg.training.batch_size,
-        "seq_len": trainer.task.seq_len,
-        "seconds_per_step": step_s,
-        "tokens_per_s": tokens / step_s,
-        "forward_process_seconds": process_s,
-        "forward_process_fraction": process_s / step_s,
-        "step_seconds": [round(t, 5) for t, _ in times],
-    }
+        for trainer in trainers.values():
+            timed_step(trainer)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in trainers}
+    for _ in range(steps):
+        for name, trainer in trainers.items():
+            times[name].append(timed_step(trainer))
+    rows = []
+    for name, trainer in trainers.items():
+        cfg = trainer.cfg
+        step_s = statistics.median(t for t, _ in times[name])
+        process_s = statistics.median(p for _, p in times[name])
+        rows.append(
+            {
+                "size": size,
+                "strategy": strategy,
+                "setting": name,
+                "autocast": cfg.training.autocast,
+                "compile": cfg.training.compile,
+                "parameters": trainer.model.num_parameters(),
+                "dim": cfg.model.dim,
+                "n_layers": cfg.model.n_layers,
+                "batch_size": cfg.training.batch_size,
+                "seq_len": trainer.task.seq_len,
+                "seconds_per_step": step_s,
+                "tokens_per_s": cfg.training.batch_size * trainer.task.seq_len / step_s,
+                "forward_process_seconds": process_s,
+                "forward_process_fraction": process_s / step_s,
+                "step_seconds": [round(t, 5) for t, _ in times[name]],
+            }
+        )
+    if "fp32" in trainers:
+        fp32 = rows[list(trainers).index("fp32")]["seconds_per_step"]
+        for row in rows:
+            row["speedup_vs_fp32"] = fp32 / row["seconds_per_step"]
+    return rows
 
 
 # -- sampling ----------------------------------------------------------------------------------
@@ -277,12 +303,13 @@ def run_throughput(
     min_seconds: float = 2.0,
     reference: Sequence[str] | None = REFERENCE,
     threads: int = 0,
+    compile: bool = False,
 ) -> dict:
     """Measure training and sampling throughput; write ``throughput.json`` into ``out_dir``
     after every measurement. Empty ``sizes`` or ``sample_batches`` skip that part;
     ``reference`` (overrides giving the reference model's shape) None skips the reference
     comparison. ``threads`` (0 = the config's ``training.threads``, else torch's default)
-    applies to both parts."""
+    applies to both parts. ``compile`` adds a torch.compile'd training run per precision."""
     sizes = SIZES if sizes is None else sizes
     check_settings(strategies, autocasts, train_steps, warmup_steps, sample_batches, policies)
     cfg = load_config(config, overrides)
@@ -300,6 +327,7 @@ def run_throughput(
             "overrides": list(overrides),
             "sizes": sizes,
             "train_steps": train_steps,
+            "compile": compile,
             "warmup_steps": warmup_steps,
             "sample_batches": list(sample_batches),
             "threshold": threshold,
@@ -307,7 +335,10 @@ def run_throughput(
         },
         "provenance": {
             "training": "measured: median over train_steps steps after warmup_steps; "
-            "forward_process_* = measured time of process.batch() + process.update(logits)",
+            "forward_process_* = measured time of process.batch() + process.update(logits); "
+            "precisions alternate step by step and speedup_vs_fp32 compares them within that "
+            "run; reference_code_over_ours = REFERENCE_CODE_STEP (1.69 s, the reference code's "
+            "fp32 step quoted from FACTS.md, not measured here) / ours",
             "sampling": "measured: sample() wall-clock over whole batches of held-out puzzles",
             "reference": "forward_seconds_measured is measured; sampler_seconds_extrapolated = "
             "nfe × that forward (the reference sampler's full fp32 forwards, its Python per-row "
@@ -319,16 +350,20 @@ def run_throughput(
         "sampling": [],
         "reference": None,
     }
+    settings = [(a, c) for a in autocasts for c in (False, True) if compile or not c]
     for size, size_overrides in sizes.items():
         for strategy in strategies:
-            for autocast in autocasts:
-                row = measure_training(
-                    base, size, size_overrides, strategy, autocast, train_steps, warmup_steps
-                )
+            rows = measure_training(
+                base, size, size_overrides, strategy, settings, train_steps, warmup_steps
+            )
+            for row in rows:
                 report["training"].append(row)
+                if size == "reference":
+                    row["reference_code_over_ours"] = REFERENCE_CODE_STEP / row["seconds_per_step"]
                 print(
-                    f"train {size:<13} {strategy:<11} {autocast:<4} "
+                    f"train {size:<13} {strategy:<11} {row['setting']:<12} "
                     f"{row['seconds_per_step']:7.3f} s/step {row['tokens_per_s']:9.0f} tok/s  "
+                    f"{row.get('speedup_vs_fp32', 1.0):5.2f}× fp32  "
                     f"forward process {row['forward_process_fraction']:6.1%}",
                     flush=True,
                 )

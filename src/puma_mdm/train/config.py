@@ -76,6 +76,7 @@ class TrainingSection:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     autocast: str = "auto"  # auto (= bf16) | bf16 | fp16 | fp32 (no autocast)
+    compile: bool = False  # torch.compile the training forward/backward (≈1 min to compile)
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     skip_nonfinite: bool = False  # skip a step with a non-finite loss instead of stopping
     puma: PumaSection = field(default_factory=PumaSection)

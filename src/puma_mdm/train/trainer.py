@@ -183,6 +183,8 @@ class Trainer:
         if resume:
             self._resume()
         self.net = self.dist.wrap(self.model)  # what forward/backward run through
+        if t.compile:  # fuses the elementwise work; evaluation keeps the eager model
+            self.net = torch.compile(self.net)
 
     # -- construction ---------------------------------------------------------------------------
     def _forward_process(self, seed: int) -> ForwardProcess:
