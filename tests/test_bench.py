@@ -107,9 +107,28 @@ def test_seed_result_and_summary_on_synthetic_curves():
     assert s["seconds_per_step"]["progressive"] == 0.5
     assert s["curves"]["standard"]["step"] == [100, 200, 300, 400]
     assert s["curves"]["standard"]["median"][-1] == 0.7
+    assert s["final_nll"] is None and s["nll_curves"] is None  # these curves have no NLL
     json.dumps(s)  # JSON-serialisable
     table = format_summary(s)
     assert "95%" in table and "3.00×" in table and "—" in table
+
+
+def test_summary_reports_the_nll_bound_when_every_evaluation_has_one():
+    def with_nll(points):
+        return [{**p, "nll": 2.0 - p["accuracy"]} for p in curve(points)]
+
+    runs = [
+        {"standard": with_nll([(100, 0.1), (200, s)]), "progressive": with_nll([(200, s + 0.1)])}
+        for s in (0.2, 0.4, 0.3)
+    ]
+    s = summarize(runs, [0.5])
+    assert s["final_nll"]["standard"] == pytest.approx({"median": 1.7, "min": 1.6, "max": 1.8})
+    assert s["final_nll"]["progressive"]["median"] == pytest.approx(1.6)
+    assert s["nll_curves"]["standard"]["step"] == [100, 200]
+    assert s["nll_curves"]["standard"]["median"] == pytest.approx([1.9, 1.7])
+    assert "NLL bound 1.7000" in format_summary(s)
+    runs[0]["progressive"][0].pop("nll")  # one evaluation without it: no NLL summary
+    assert summarize(runs, [0.5])["final_nll"] is None
 
 
 def test_speedup_smoke_writes_json_png_and_both_curves(tmp_path):

@@ -97,13 +97,13 @@ def seed_result(curves: dict[str, list[dict]], targets: list[float]) -> dict:
     return {"targets": per_target, "final_accuracy": final}
 
 
-def accuracy_band(curves: list[list[dict]]) -> dict:
-    """Median, min and max accuracy over seeds at every evaluated step (seeds lacking a step,
+def metric_band(curves: list[list[dict]], key: str = "accuracy") -> dict:
+    """Median, min and max of ``key`` over seeds at every evaluated step (seeds lacking a step,
     e.g. stopped early by the time budget, are left out there)."""
     by_step: dict[int, list[float]] = {}
     for curve in curves:
         for point in curve:
-            by_step.setdefault(point["step"], []).append(point["accuracy"])
+            by_step.setdefault(point["step"], []).append(point[key])
     steps = sorted(by_step)
     return {
         "step": steps,
@@ -138,21 +138,32 @@ def summarize(runs: list[dict[str, list[dict]]], targets: list[float]) -> dict:
             "paired_speedup_steps": present_median([row["speedup_steps"] for row in rows]),
             "paired_speedup_seconds": present_median([row["speedup_seconds"] for row in rows]),
         }
-    final, seconds_per_step, bands = {}, {}, {}
+    # the held-out NLL bound, when every evaluation has one: informative where accuracy is
+    # still near zero
+    with_nll = all("nll" in p for curves in runs for arm in ARMS for p in curves[arm])
+    final, final_nll, seconds_per_step, bands, nll_bands = {}, {}, {}, {}, {}
     for arm in ARMS:
-        accs = [curves[arm][-1]["accuracy"] for curves in runs]
-        final[arm] = {"median": statistics.median(accs), "min": min(accs), "max": max(accs)}
         ends = [curves[arm][-1] for curves in runs]
+        final[arm] = spread([p["accuracy"] for p in ends])
         seconds_per_step[arm] = statistics.median(p["seconds"] / p["step"] for p in ends)
-        bands[arm] = accuracy_band([curves[arm] for curves in runs])
+        bands[arm] = metric_band([curves[arm] for curves in runs])
+        if with_nll:
+            final_nll[arm] = spread([p["nll"] for p in ends])
+            nll_bands[arm] = metric_band([curves[arm] for curves in runs], "nll")
     return {
         "seeds": len(runs),
         "targets": per_target,
         "final_accuracy": final,
+        "final_nll": final_nll or None,
         "seconds_per_step": seconds_per_step,
         "curves": bands,
+        "nll_curves": nll_bands or None,
         "median_rule": MEDIAN_RULE,
     }
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -186,25 +197,35 @@ def format_summary(summary: dict) -> str:
         )
     for arm in ARMS:
         f = summary["final_accuracy"][arm]
+        nll = (summary.get("final_nll") or {}).get(arm)
+        bound = ""
+        if nll:
+            bound = f"NLL bound {nll['median']:.4f} ({nll['min']:.4f}–{nll['max']:.4f}), "
         lines.append(
             f"{arm:<11} final accuracy {f['median']:.1%} (range {f['min']:.1%}–{f['max']:.1%}), "
-            f"{summary['seconds_per_step'][arm]:.3f} s/step"
+            f"{bound}{summary['seconds_per_step'][arm]:.3f} s/step"
         )
     return "\n".join(lines)
 
 
 def plot_curves(summary: dict, path: Path, title: str) -> None:
-    """Both arms' accuracy vs steps: median line, min–max band over seeds, dotted targets."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm, color in zip(ARMS, ("tab:blue", "tab:orange"), strict=True):
-        band = summary["curves"][arm]
-        ax.plot(band["step"], band["median"], color=color, marker="o", ms=3, label=arm)
-        ax.fill_between(band["step"], band["min"], band["max"], color=color, alpha=0.2)
+    """Both arms' accuracy vs steps (and, when measured, the held-out NLL bound beside it):
+    median line, min–max band over seeds, dotted accuracy targets."""
+    panels = [("curves", "whole-example accuracy")]
+    if summary.get("nll_curves"):
+        panels.append(("nll_curves", "held-out NLL bound per token (nats)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        for arm, color in zip(ARMS, ("tab:blue", "tab:orange"), strict=True):
+            band = summary[key][arm]
+            ax.plot(band["step"], band["median"], color=color, marker="o", ms=3, label=arm)
+            ax.fill_between(band["step"], band["min"], band["max"], color=color, alpha=0.2)
+        ax.set(xlabel="training step", ylabel=label, title=title)
+        ax.legend()
+        ax.grid(alpha=0.3)
     for key in summary["targets"]:
-        ax.axhline(float(key), color="grey", lw=0.6, ls=":")
-    ax.set(xlabel="training step", ylabel="whole-example accuracy", ylim=(0, 1), title=title)
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
+        axes[0, 0].axhline(float(key), color="grey", lw=0.6, ls=":")
+    axes[0, 0].set_ylim(0, 1)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
