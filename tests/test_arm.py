@@ -12,7 +12,7 @@ from puma_mdm.masking import Batch, ExampleStream
 from puma_mdm.model import ModelConfig, Transformer
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer
-from test_train import TINY
+from tiny import TINY_RUN as TINY
 
 V, L, P = 7, 12, 4
 

@@ -14,26 +14,9 @@ from puma_mdm.tasks import build_task
 from puma_mdm.train.checkpoint import checkpoint_dirs
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer, build_model
+from tiny import TINY_RUN
 
-TINY = [
-    "model.dim=32",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "task.name=sort",
-    "task.options.length=5",
-    "task.options.n_train=4000",
-    "task.options.n_eval=100",
-    "training.batch_size=32",
-    "training.lr=3e-3",
-    "training.warmup_steps=10",
-    "training.autocast=fp32",
-    "eval.every=0",
-    "eval.examples=40",
-    "logging.progress=false",
-    "logging.tensorboard=false",
-    "logging.log_every=5",
-    "checkpoint.every=0",
-]
+TINY = [*TINY_RUN, "eval.examples=40", "logging.log_every=5"]
 
 
 def log(run_dir) -> list[dict]:

@@ -11,26 +11,7 @@ from puma_mdm.evaluate import nll_bound
 from puma_mdm.model import Transformer
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer
-
-TINY = [
-    "model.dim=32",
-    "model.n_layers=2",
-    "model.n_heads=2",
-    "task.name=sort",
-    "task.options.length=5",
-    "task.options.n_train=4000",
-    "task.options.n_eval=100",
-    "training.batch_size=32",
-    "training.lr=3e-3",
-    "training.warmup_steps=10",
-    "training.autocast=fp32",
-    "eval.every=0",
-    "eval.examples=50",
-    "logging.progress=false",
-    "logging.tensorboard=false",
-    "logging.log_every=10",
-    "checkpoint.every=0",
-]
+from tiny import TINY_RUN as TINY
 
 
 def losses(run_dir):

@@ -126,40 +126,23 @@ def sample(
     if block_size is None:
         cfg = getattr(model, "cfg", None)
         block_size = 1 if getattr(cfg, "causal", False) else getattr(cfg, "block_size", 0)
+    decoding = dict(
+        policy=policy,
+        k=k,
+        steps=steps,
+        threshold=threshold,
+        temperature=temperature,
+        generator=generator,
+        record_order=record_order,
+        autocast_dtype=autocast_dtype,
+    )
     if block_size:
-        return sample_blocks(
-            model,
-            x_t,
-            mask_id,
-            block_size,
-            eos_id,
-            policy=policy,
-            k=k,
-            steps=steps,
-            threshold=threshold,
-            temperature=temperature,
-            generator=generator,
-            record_order=record_order,
-            autocast_dtype=autocast_dtype,
-        )
+        return sample_blocks(model, x_t, mask_id, block_size, eos_id, **decoding)
     codec = getattr(model, "codec", None)
     if codec is not None:
         from puma_mdm.prime.sampling import sample_tokens
 
-        return sample_tokens(
-            model,
-            x_t,
-            mask_id,
-            codec,
-            policy=policy,
-            k=k,
-            steps=steps,
-            threshold=threshold,
-            temperature=temperature,
-            generator=generator,
-            record_order=record_order,
-            autocast_dtype=autocast_dtype,
-        )
+        return sample_tokens(model, x_t, mask_id, codec, **decoding)
     if k is None and steps is None and threshold is None:
         k = 1
     check_sampling_args(policy, k, steps, threshold, temperature)

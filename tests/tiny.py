@@ -1,0 +1,22 @@
+"""The tiny training run several test modules start from: the sort toy, fp32, no evaluation,
+no checkpoints, quiet logs. Tests append their own overrides (later ones win)."""
+
+TINY_RUN = [
+    "model.dim=32",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "task.name=sort",
+    "task.options.length=5",
+    "task.options.n_train=4000",
+    "task.options.n_eval=100",
+    "training.batch_size=32",
+    "training.lr=3e-3",
+    "training.warmup_steps=10",
+    "training.autocast=fp32",
+    "eval.every=0",
+    "eval.examples=50",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "logging.log_every=10",
+    "checkpoint.every=0",
+]
