@@ -163,6 +163,7 @@ def summarize(runs: list[dict[str, list[dict]]], targets: list[float]) -> dict:
 
 
 def spread(values: list[float]) -> dict:
+    """Median, min and max of a per-seed value."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
