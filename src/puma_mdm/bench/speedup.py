@@ -221,12 +221,13 @@ def plot_curves(summary: dict, path: Path, title: str) -> None:
             band = summary[key][arm]
             ax.plot(band["step"], band["median"], color=color, marker="o", ms=3, label=arm)
             ax.fill_between(band["step"], band["min"], band["max"], color=color, alpha=0.2)
-        ax.set(xlabel="training step", ylabel=label, title=title)
+        ax.set(xlabel="training step", ylabel=label)
         ax.legend()
         ax.grid(alpha=0.3)
     for key in summary["targets"]:
         axes[0, 0].axhline(float(key), color="grey", lw=0.6, ls=":")
     axes[0, 0].set_ylim(0, 1)
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
