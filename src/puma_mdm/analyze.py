@@ -63,7 +63,7 @@ def cmd_mismatch(args: argparse.Namespace) -> int:
 
 def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``analyze`` (with ``mismatch``) to the ``puma`` command's sub-parsers."""
-    from puma_mdm.cli import default_model
+    from puma_mdm.cli import add_model_arguments
 
     analyze = subparsers.add_parser("analyze", help="measurements on a trained model")
     sub = analyze.add_subparsers(
@@ -80,12 +80,7 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
             "Writes JSON and a PNG."
         ),
     )
-    p.add_argument(
-        "--model",
-        default=str(default_model()),
-        help="model or run directory (default: the shipped Sudoku model)",
-    )
-    p.add_argument("--task", help="task name (default: the task the model was trained on)")
+    add_model_arguments(p)
     p.add_argument("--data", help="example file to use instead of the task's held-out set")
     p.add_argument("--n", type=int, default=200, help="number of examples")
     p.add_argument("--policy", default="margin", help="unmasking policy of the decoder")

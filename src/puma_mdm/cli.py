@@ -65,6 +65,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model`` (a trained model or run directory) and ``--task`` (default: its own)."""
+    p.add_argument(
+        "--model",
+        default=str(default_model()),
+        help="model or run directory (default: the shipped Sudoku model)",
+    )
+    p.add_argument("--task", help="task name (default: the task the model was trained on)")
+
+
 def default_model() -> Path:
     """The Sudoku model shipped inside the package."""
     return Path(str(resources.files("puma_mdm") / "assets" / "sudoku"))
@@ -225,12 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
             "models: the NLL bound per token, perplexity and bits per byte instead."
         ),
     )
-    p.add_argument(
-        "--model",
-        default=str(default_model()),
-        help="model or run directory (default: the shipped Sudoku model)",
-    )
-    p.add_argument("--task", help="task name (default: the task the model was trained on)")
+    add_model_arguments(p)
     p.add_argument(
         "--data", help="file of examples (puzzles, problems, text) instead of the held-out set"
     )
