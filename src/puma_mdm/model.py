@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from puma_mdm.errors import ConfigError, ModelLoadError
+from puma_mdm.files import write_json
 from puma_mdm.hf import HF_RECORD
 from puma_mdm.masking.block import block_causal_mask
 
@@ -322,9 +323,7 @@ class Transformer(nn.Module):
         tmp = directory / (WEIGHTS_NAME + ".tmp")
         save_file(state, str(tmp), metadata={"format": "pt"})
         tmp.replace(directory / WEIGHTS_NAME)
-        tmp = directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(self.cfg.to_dict(), indent=2))
-        tmp.replace(directory / CONFIG_NAME)
+        write_json(directory / CONFIG_NAME, self.cfg.to_dict())
 
     @classmethod
     def from_pretrained(

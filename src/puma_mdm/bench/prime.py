@@ -14,8 +14,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from puma_mdm.bench.common import machine_info, write_json
+from puma_mdm.bench.common import machine_info
 from puma_mdm.errors import PumaError
+from puma_mdm.files import write_json
 from puma_mdm.prime.evaluate import prime_eval
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer

@@ -25,8 +25,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from puma_mdm.bench.common import machine_info, sync, write_json
+from puma_mdm.bench.common import machine_info, sync
 from puma_mdm.errors import PumaError
+from puma_mdm.files import write_json
 from puma_mdm.train.checkpoint import write_model_dir
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from puma_mdm.bench.common import machine_info, sync, write_json
+from puma_mdm.bench.common import machine_info, sync
 from puma_mdm.errors import PumaError
+from puma_mdm.files import write_json
 from puma_mdm.losses import mdm_loss
 from puma_mdm.model import Transformer
 from puma_mdm.pretrained import load_trained

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from puma_mdm.errors import ModelLoadError
+from puma_mdm.files import write_json
 from puma_mdm.hf import HF_RECORD, quiet_progress, require
 from puma_mdm.hf.tokenizer import TOKENIZER_FILE, check_vocabulary, load_tokenizer
 
@@ -105,9 +106,7 @@ class HFDenoiser(nn.Module):
         directory = Path(directory)
         with quiet_progress():
             self.hf.save_pretrained(directory)
-        tmp = directory / (HF_RECORD + ".tmp")
-        tmp.write_text(json.dumps(self.cfg.to_dict(), indent=2))
-        tmp.replace(directory / HF_RECORD)
+        write_json(directory / HF_RECORD, self.cfg.to_dict())
 
     @classmethod
     def from_pretrained(
