@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from puma_mdm.errors import PumaError
 from puma_mdm.masking.base import pick_top, random_scores
+from puma_mdm.plots import save_figure
 from puma_mdm.sampling import check_sampling_args, sample
 from puma_mdm.tasks.base import Examples
 
@@ -280,9 +281,4 @@ def plot_mismatch(summary: dict, path: str | Path, title: str = "") -> Path:
     bottom.set(xlabel="stage: fraction of non-prompt positions unmasked", ylabel="gap (nats)")
     bottom.set_xlim(0, 1)
     bottom.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -11,6 +11,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out ``fig``, write it to ``path`` (creating its directory) and free it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def sudoku_order_png(
     grid: np.ndarray, puzzle: np.ndarray, order: np.ndarray, path: str | Path, title: str = ""
 ) -> Path:
@@ -52,9 +62,4 @@ def sudoku_order_png(
     ax.set_yticks([])
     ax.set_title(title or "decoding order (grey: clues)")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="decoding step")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

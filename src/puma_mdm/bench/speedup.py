@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 from puma_mdm.bench.common import machine_info, sync
 from puma_mdm.errors import PumaError
 from puma_mdm.files import write_json
+from puma_mdm.plots import save_figure
 from puma_mdm.train.checkpoint import write_model_dir
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer
@@ -229,10 +230,7 @@ def plot_curves(summary: dict, path: Path, title: str) -> None:
         axes[0, 0].axhline(float(key), color="grey", lw=0.6, ls=":")
     axes[0, 0].set_ylim(0, 1)
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # -- running the two arms ----------------------------------------------------------------------
