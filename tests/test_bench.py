@@ -277,7 +277,7 @@ def test_throughput_times_compiled_training_beside_eager(tmp_path):
     assert eager["speedup_vs_fp32"] == 1.0 and compiled["speedup_vs_fp32"] > 0
 
 
-def test_bench_parser_has_both_commands():
+def test_bench_parser_has_every_command():
     import argparse
 
     parser = argparse.ArgumentParser()
@@ -286,3 +286,5 @@ def test_bench_parser_has_both_commands():
     assert args.seeds == 2 and args.overrides == ["training.lr=1e-3"] and callable(args.func)
     args = parser.parse_args(["bench", "throughput", "--sample-batches", "1,4"])
     assert args.sample_batches == "1,4" and args.train_steps == 5
+    args = parser.parse_args(["bench", "blocks", "--block-sizes", "4,8", "--precision", "fp32"])
+    assert (args.block_sizes, args.precision, args.length) == ("4,8", "fp32", 160)

@@ -1,5 +1,5 @@
-"""``puma bench speedup | throughput | prime``: argument parsing; the work is in speedup.py,
-throughput.py and prime.py."""
+"""``puma bench speedup | throughput | prime | blocks``: argument parsing; the work is in
+speedup.py, throughput.py, prime.py and blocks.py."""
 
 from __future__ import annotations
 
@@ -118,16 +118,37 @@ def cmd_prime(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_blocks(args: argparse.Namespace) -> int:
+    from puma_mdm.bench.blocks import run_blocks_bench
+
+    run_blocks_bench(
+        args.out_dir,
+        length=args.length,
+        block_sizes=parse_list(args.block_sizes, int, "--block-sizes"),
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        precision=args.precision,
+        device=args.device,
+        threads=args.threads,
+    )
+    return 0
+
+
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``bench`` (with ``speedup`` and ``throughput``) to the ``puma`` command's
-    sub-parsers; each sub-command sets ``func``."""
+    """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``) to the ``puma``
+    command's sub-parsers; each sub-command sets ``func``."""
     bench = subparsers.add_parser(
         "bench",
-        help="benchmarks: PUMA's training speed-up, training and sampling throughput, MDM-Prime",
-        description="Benchmarks. Results go to JSON (and a PNG for speedup) in --out-dir.",
+        help="benchmarks: PUMA's training speed-up, training and sampling throughput, MDM-Prime, "
+        "block-diffusion training",
+        description="Benchmarks. Results go to JSON (and a PNG for speedup and blocks) in "
+        "--out-dir.",
     )
     sub = bench.add_subparsers(
-        dest="benchmark", required=True, metavar="BENCHMARK", help="speedup, throughput or prime"
+        dest="benchmark",
+        required=True,
+        metavar="BENCHMARK",
+        help="speedup, throughput, prime or blocks",
     )
 
     p = sub.add_parser(
@@ -228,4 +249,23 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--out-dir", default="runs/bench-prime", help="where prime.json is written")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
     p.set_defaults(func=cmd_prime)
+
+    p = sub.add_parser(
+        "blocks",
+        help="block-diffusion training step: one forward over [x_t | x0] vs one per block",
+        description=(
+            "Time a block-diffusion training step (forward + backward) in its two exact forms, "
+            "one vectorised forward over [x_t | x0] and a loop of one forward per block, "
+            "alternating step by step, for several block sizes (math.yaml's model shape)."
+        ),
+    )
+    p.add_argument("--length", type=int, default=160, help="sequence length L")
+    p.add_argument("--block-sizes", default="4,16,40", help="block sizes S, each dividing L")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per step")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per form and block size")
+    p.add_argument("--precision", default="bf16", help="fp32 or bf16 (autocast)")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--out-dir", default="runs/bench-blocks", help="where blocks.json is written")
+    p.set_defaults(func=cmd_blocks)
     return bench
