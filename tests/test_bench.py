@@ -171,6 +171,18 @@ def test_seeds_run_apart_merge_into_one_report(tmp_path):
         assert band["max"] == [max(x) for x in zip(*accs, strict=True)]
     with pytest.raises(PumaError, match="seed 0 appears twice"):
         merge_reports([tmp_path / "a", tmp_path / "a"], tmp_path / "m2")
+    # Read the same curves at other targets: every step to a target comes from the curves.
+    retargeted = merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "r", targets=[0.3])
+    assert retargeted["settings"]["targets"] == [0.3]
+    assert retargeted["settings"]["run_targets"] == [0.01, 0.99]
+    assert set(retargeted["summary"]["targets"]) == {"0.3"}
+    for run in retargeted["runs"]:
+        for arm in ("standard", "progressive"):
+            reach = next((p for p in run["arms"][arm]["curve"] if p["accuracy"] >= 0.3), None)
+            got = run["result"]["targets"]["0.3"][arm]
+            assert (got and got["step"]) == (reach and reach["step"])
+    with pytest.raises(PumaError, match="--targets must be accuracies"):
+        merge_reports([tmp_path / "a"], tmp_path / "r2", targets=[1.5])
     c = run_speedup(bundled_config("sort"), TINY, tmp_path / "c", **{**kwargs, "steps": 6})
     assert c["settings"]["steps"] == 6
     with pytest.raises(PumaError, match="setting 'steps' differs"):

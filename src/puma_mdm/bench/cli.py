@@ -39,10 +39,11 @@ def check_task(config: Path, overrides: list[str], task: str | None) -> None:
 
 
 def cmd_speedup(args: argparse.Namespace) -> int:
-    from puma_mdm.bench.speedup import merge_reports, run_speedup
+    from puma_mdm.bench.speedup import DEFAULT_TARGETS, merge_reports, run_speedup
 
+    targets = None if args.targets is None else parse_list(args.targets, float, "--targets")
     if args.merge:
-        merge_reports(args.merge, args.out_dir)
+        merge_reports(args.merge, args.out_dir, targets)
         return 0
     config = resolve_config(args.config, args.task)
     check_task(config, args.overrides, args.task)
@@ -56,7 +57,7 @@ def cmd_speedup(args: argparse.Namespace) -> int:
         budget_minutes=args.budget_minutes,
         eval_every=args.eval_every,
         eval_examples=args.eval_examples,
-        targets=parse_list(args.targets, float, "--targets"),
+        targets=DEFAULT_TARGETS if targets is None else targets,
     )
     return 0
 
@@ -179,7 +180,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--eval-every", type=int, default=250, help="steps between evaluations")
     p.add_argument("--eval-examples", type=int, default=200, help="held-out examples evaluated")
     p.add_argument(
-        "--targets", default="0.5,0.7,0.8,0.9", help="comma-separated accuracy targets in (0, 1]"
+        "--targets",
+        help="comma-separated accuracy targets in (0, 1] (default 0.5,0.7,0.8,0.9; with "
+        "--merge: read the pooled curves at these targets instead of the runs' own)",
     )
     p.add_argument("--out-dir", default="runs/bench-speedup", help="where results are written")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")

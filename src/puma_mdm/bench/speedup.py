@@ -291,6 +291,9 @@ class Arm:
         write_model_dir(tr.eval_model(), Path(tr.cfg.logging.out_dir) / "model", tr.record_files())
 
 
+DEFAULT_TARGETS = (0.5, 0.7, 0.8, 0.9)
+
+
 def check_settings(
     seeds: int,
     first_seed: int,
@@ -309,6 +312,10 @@ def check_settings(
         raise PumaError(f"--budget-minutes must be > 0, got {budget_minutes}")
     if eval_every < 1:
         raise PumaError(f"--eval-every must be ≥ 1, got {eval_every}")
+    check_targets(targets)
+
+
+def check_targets(targets: Sequence[float]) -> None:
     if not targets or not all(0 < t <= 1 for t in targets):
         raise PumaError(f"--targets must be accuracies in (0, 1], got {list(targets)}")
 
@@ -323,7 +330,7 @@ def run_speedup(
     budget_minutes: float | None = None,
     eval_every: int = 250,
     eval_examples: int = 200,
-    targets: Sequence[float] = (0.5, 0.7, 0.8, 0.9),
+    targets: Sequence[float] = DEFAULT_TARGETS,
 ) -> dict:
     """Train both arms for seeds ``first_seed … first_seed+seeds−1``; write ``speedup.json``
     (after every evaluation), ``speedup.png`` (after every seed) and the final models into
@@ -432,13 +439,20 @@ def run_speedup(
 MERGE_KEYS = ("config", "overrides", "steps", "budget_minutes", "eval_every", "eval_examples")
 
 
-def merge_reports(paths: Sequence[str | Path], out_dir: str | Path) -> dict:
+def merge_reports(
+    paths: Sequence[str | Path], out_dir: str | Path, targets: Sequence[float] | None = None
+) -> dict:
     """Pool the complete seeds of several ``speedup.json`` files (e.g. seeds run on different
     machines with ``--first-seed``) into one report with a fresh summary and plot. The runs
     must share their settings and config; a seed present twice, or an incomplete seed, is
-    refused or left out (incomplete seeds are listed under ``skipped``)."""
+    refused or left out (incomplete seeds are listed under ``skipped``). With ``targets``, the
+    steps to each target are read off the stored curves for these targets instead of the ones
+    the runs were started with (recorded as ``settings.run_targets``)."""
     if not paths:
         raise PumaError("--merge needs at least one speedup.json (or its directory)")
+    if targets is not None:
+        targets = sorted(targets)
+        check_targets(targets)
     reports = []
     for path in paths:
         path = Path(path)
@@ -448,12 +462,12 @@ def merge_reports(paths: Sequence[str | Path], out_dir: str | Path) -> dict:
         except (OSError, json.JSONDecodeError) as err:
             raise PumaError(f"cannot read speedup report {path}: {err}") from err
     first_path, first = reports[0]
-    targets = first["settings"]["targets"]
+    run_targets = first["settings"]["targets"]
     runs, seen, skipped = [], set(), []
     for path, report in reports:
         if report.get("benchmark") != "speedup":
             raise PumaError(f"{path} is not a `puma bench speedup` report")
-        for key in (*MERGE_KEYS, "targets"):
+        for key in (*MERGE_KEYS, *(("targets",) if targets is None else ())):
             if report["settings"].get(key) != first["settings"].get(key):
                 raise PumaError(
                     f"cannot merge {path} with {first_path}: setting {key!r} differs "
@@ -488,6 +502,12 @@ def merge_reports(paths: Sequence[str | Path], out_dir: str | Path) -> dict:
     }
     merged["settings"] = {**first["settings"], "seeds": [r["seed"] for r in runs]}
     curves = [{arm: run["arms"][arm]["curve"] for arm in ARMS} for run in runs]
+    if targets is None:
+        targets = run_targets
+    else:
+        merged["settings"].update(targets=targets, run_targets=run_targets)
+        for run, run_curves in zip(runs, curves, strict=True):
+            run["result"] = seed_result(run_curves, targets)
     merged["summary"] = summarize(curves, targets)
     out_dir = Path(out_dir)
     json_path, png_path = out_dir / "speedup.json", out_dir / "speedup.png"
