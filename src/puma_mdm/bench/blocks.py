@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from puma_mdm.bench.common import machine_info, sync
+from puma_mdm.bench.common import AUTOCASTS, machine_info, sync
 from puma_mdm.errors import PumaError
 from puma_mdm.files import write_json
 from puma_mdm.losses import mdm_loss
@@ -27,7 +27,6 @@ from puma_mdm.plots import save_figure
 from puma_mdm.train.distributed import resolve_device
 
 FORMS = ("vectorised", "loop")
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def time_block_steps(
@@ -88,8 +87,8 @@ def run_blocks_bench(
     threads: int = 0,
 ) -> dict:
     """Time both forms for every block size; write ``blocks.json`` and ``blocks.png``."""
-    if precision not in DTYPES:
-        raise PumaError(f"--precision must be one of {sorted(DTYPES)}, got {precision!r}")
+    if precision not in AUTOCASTS:
+        raise PumaError(f"--precision must be one of {sorted(AUTOCASTS)}, got {precision!r}")
     if repeats < 1 or batch_size < 1:
         raise PumaError(f"--repeats and --batch-size must be ≥ 1, got {repeats}, {batch_size}")
     if not block_sizes:
@@ -113,7 +112,7 @@ def run_blocks_bench(
     x0 = torch.randint(0, vocab_size, (batch_size, length), generator=generator, device=device_)
     rows = []
     for size in block_sizes:
-        seconds = time_block_steps(model, x0, size, repeats, DTYPES[precision], generator)
+        seconds = time_block_steps(model, x0, size, repeats, AUTOCASTS[precision], generator)
         rows.append(
             {
                 "block_size": size,

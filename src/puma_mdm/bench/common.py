@@ -1,4 +1,4 @@
-"""Helpers both benchmarks share: machine description, atomic JSON output, device sync."""
+"""Helpers the benchmarks share: the precisions they time, machine description, device sync."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import platform
 from pathlib import Path
 
 import torch
+
+# Precisions the benchmarks time: name → autocast dtype (None: no autocast, fp32).
+AUTOCASTS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def cpu_model() -> str:

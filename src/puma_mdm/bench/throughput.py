@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from puma_mdm.bench.common import machine_info, sync
+from puma_mdm.bench.common import AUTOCASTS, machine_info, sync
 from puma_mdm.errors import PumaError
 from puma_mdm.files import write_json
 from puma_mdm.losses import mdm_loss
@@ -45,7 +45,6 @@ SIZES = {
 # The PUMA reference code's fp32 training step at the reference shape on this machine class
 # (2 cores), in seconds: quoted from FACTS.md, not measured here (the code is not shipped).
 REFERENCE_CODE_STEP = 1.69
-AUTOCASTS = {"fp32": None, "bf16": torch.bfloat16}
 STRATEGIES = ("standard", "progressive")
 
 
