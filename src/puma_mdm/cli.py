@@ -9,7 +9,14 @@ from importlib import resources
 from pathlib import Path
 
 from puma_mdm.analyze import add_analyze_parser
-from puma_mdm.bench.cli import add_bench_parser
+from puma_mdm.bench.cli import add_bench_parser, parse_list
+from puma_mdm.cli_decoding import (
+    add_cache_arguments,
+    add_decoding_arguments,
+    check_cache_option,
+    check_table_options,
+    decoding_options,
+)
 from puma_mdm.errors import PumaError
 from puma_mdm.generate import add_sample_parser
 from puma_mdm.hf.cli import add_export_parser
@@ -80,8 +87,7 @@ def default_model() -> Path:
     return Path(str(resources.files("puma_mdm") / "assets" / "sudoku"))
 
 
-def split_list(text: str, kind: type) -> list:
-    return [kind(x) for x in text.split(",") if x.strip()]
+DEFAULT_ENTROPY_BOUNDS = "0.1,0.3,1"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -90,7 +96,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from puma_mdm.policy_table import format_table, policy_table
     from puma_mdm.pretrained import load_trained, resolve_model_dir
 
+    policies = parse_list(args.policies, str, "--policies")
+    ks = parse_list(args.ks, int, "--ks")
+    thresholds = parse_list(args.thresholds, float, "--thresholds")
+    bounds = parse_list(args.entropy_bounds, float, "--entropy-bounds")
+    check_table_options(policies, ks, thresholds, bounds)
     model, task = load_trained(args.model, expect_task=args.task)
+    check_cache_option(model, args)
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
     prime = getattr(model, "codec", None) is not None
@@ -103,11 +115,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model,
             task,
             examples,
-            policies=split_list(args.policies, str),
-            ks=split_list(args.ks, int),
-            thresholds=split_list(args.thresholds, float),
+            policies=policies,
+            ks=ks,
+            thresholds=thresholds,
             batch_size=args.batch_size,
             autocast_dtype=None if args.fp32 else torch.bfloat16,
+            entropy_bounds=bounds,
+            cache=args.cache,
+            refresh=args.refresh,
         )
         print(format_table(record["rows"]))
     if prime:  # MDM-Prime: NLL bound, NFE, idle steps
@@ -117,8 +132,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model,
             task,
             examples,
-            policies=split_list(args.policies, str),
-            time_steps=split_list(args.time_steps, int) if args.time_steps else [task.seq_len],
+            policies=policies,
+            time_steps=parse_list(args.time_steps, int, "--time-steps")
+            if args.time_steps
+            else [task.seq_len],
             nll_samples=args.nll_samples,
             batch_size=args.batch_size,
             autocast_dtype=None if args.fp32 else torch.bfloat16,
@@ -158,10 +175,12 @@ def cmd_solve(args: argparse.Namespace) -> int:
     from puma_mdm.solve import check_solvable, read_input, solve_with_model
     from puma_mdm.tasks.sudoku_formats import pretty
 
+    options = decoding_options(args)
     puzzles = read_input(args.puzzle)
     check_solvable(puzzles)
     model, task = load_trained(args.model, expect_task="sudoku")
-    solutions = solve_with_model(model, task, puzzles, args.policy, args.k, args.threshold)
+    check_cache_option(model, args)
+    solutions = solve_with_model(model, task, puzzles, **options)
     for i, s in enumerate(solutions):
         if len(solutions) > 1:
             print(f"puzzle {i + 1}:")
@@ -247,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--thresholds", default="0.9", help="comma-separated confidence thresholds ('' for none)"
     )
+    p.add_argument(
+        "--entropy-bounds",
+        default=DEFAULT_ENTROPY_BOUNDS,
+        help="comma-separated entropy bounds γ (nats) of entropy-bounded decoding ('' for none)",
+    )
+    add_cache_arguments(p)
     p.add_argument("--batch-size", type=int, default=500, help="examples decoded at once")
     p.add_argument("--fp32", action="store_true", help="decode in float32 instead of bf16 autocast")
     p.add_argument(
@@ -277,13 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(default_model()),
         help="model directory (default: the shipped Sudoku model)",
     )
-    p.add_argument(
-        "--policy", default="margin", help="unmasking policy: random, top_prob, margin, entropy"
-    )
-    p.add_argument("--k", type=int, default=1, help="cells revealed per step")
-    p.add_argument(
-        "--threshold", type=float, help="reveal every cell at least this confident (instead of --k)"
-    )
+    add_decoding_arguments(p, "cells")
     p.add_argument("--png", help="write a picture of the decoding order to this file")
     p.set_defaults(func=cmd_solve)
 

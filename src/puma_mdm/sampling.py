@@ -79,11 +79,12 @@ def _entropy(log_probs: torch.Tensor, generator: torch.Generator | None) -> torc
 class SampleResult:
     """``tokens``: the completed sequences; ``nfe``: network calls made; ``order[b, i]``: the
     step (0-based) at which position ``i`` was decoded, −1 for positions given at the start
-    (only when ``record_order=True``)."""
+    (only when ``record_order=True``); ``cache``: the key-value cache used."""
 
     tokens: torch.Tensor
     nfe: int
     order: torch.Tensor | None = None
+    cache: str = "none"
 
 
 def check_sampling_args(
@@ -315,7 +316,7 @@ def sample(
     order = torch.full_like(x, -1) if record_order else None
     step_logits = DualCache(model, mask_id, refresh) if cache == "dual" else _full(model)
     nfe = denoise(step_logits, x, mask_id, decoding, order)
-    return SampleResult(tokens=x, nfe=nfe, order=order)
+    return SampleResult(tokens=x, nfe=nfe, order=order, cache=cache)
 
 
 def _full(model) -> StepLogits:
@@ -363,7 +364,7 @@ def sample_blocks(
             step_logits = _prefix_forward(model, x, start, end)
         part = None if order is None else order[:, start:end]
         nfe += denoise(step_logits, x[:, start:end], mask_id, decoding, part, nfe)
-    return SampleResult(tokens=x, nfe=nfe, order=order)
+    return SampleResult(tokens=x, nfe=nfe, order=order, cache=cache)
 
 
 def _prefix_forward(model, x: torch.Tensor, start: int, end: int) -> StepLogits:
