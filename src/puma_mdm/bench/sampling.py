@@ -149,7 +149,8 @@ def plot_sampling(rows: list[dict], path: Path) -> Path | None:
             for r in pts:
                 ax.annotate(r["decoder"], (r["nfe"], 100 * r["accuracy"]), fontsize=7)
         front = pareto([(r["nfe"], 100 * r["accuracy"]) for r in mine if r["cache"] == "none"])
-        ax.plot(*zip(*front, strict=True), color="grey", lw=1, label="Pareto front (uncached)")
+        if front:
+            ax.plot(*zip(*front, strict=True), color="grey", lw=1, label="Pareto front (uncached)")
         ax.set_xlabel(f"network calls per batch of {batch}")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(name)
@@ -216,7 +217,8 @@ def run_sampling_bench(
                         refresh,
                     )
                     tokens = out.pop("tokens")
-                    reference = tokens if reference is None else reference
+                    if cache == "none":
+                        reference = tokens
                     row = {
                         "model": name,
                         "task": task.name,
@@ -228,7 +230,9 @@ def run_sampling_bench(
                         "batch_size": batch,
                         "examples": n,
                         **out,
-                        "identical_to_uncached": bool(torch.equal(tokens, reference)),
+                        "identical_to_uncached": None
+                        if reference is None
+                        else bool(torch.equal(tokens, reference)),
                     }
                     rows.append(row)
                     acc = "" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}% "
@@ -267,16 +271,12 @@ def run_sampling_bench(
 def cache_speedups(rows: list[dict]) -> list[dict]:
     """Uncached ÷ cached seconds for each (model, decoder, batch) measured both ways."""
     out = []
+    key = ("model", "decoder", "batch_size")
+    bases = {tuple(r[k] for k in key): r for r in rows if r["cache"] == "none"}
     for row in rows:
-        if row["cache"] == "none":
+        base = bases.get(tuple(row[k] for k in key))
+        if row["cache"] == "none" or base is None:
             continue
-        base = next(
-            r
-            for r in rows
-            if r["cache"] == "none"
-            and (r["model"], r["decoder"], r["batch_size"])
-            == (row["model"], row["decoder"], row["batch_size"])
-        )
         out.append(
             {
                 "model": row["model"],
