@@ -206,3 +206,16 @@ def test_bundled_study_resolves():
     study = load_study("sudoku-regimes")
     assert {r.task for r in study.regimes} == {"sudoku"}
     assert len(study.regimes) >= 8
+
+
+def test_a_copy_with_only_the_curves_still_merges(finished, tmp_path):
+    root, rows = finished
+    light = tmp_path / "light"
+    (light / "arms").mkdir(parents=True)
+    shutil.copy(root / "out" / "study.json", light)
+    for arm in (root / "out" / "arms").glob("*.yaml"):
+        shutil.copy(arm, light / "arms")
+        (light / "arms" / arm.stem).mkdir()
+        shutil.copy(arm.with_suffix("") / "metrics.jsonl", light / "arms" / arm.stem)
+    merged = write_summary([light], tmp_path / "summary")
+    assert json.loads(json.dumps(merged)) == json.loads(json.dumps(rows))

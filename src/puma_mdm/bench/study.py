@@ -234,13 +234,16 @@ def read_curve(run_dir: Path) -> list[dict]:
     return [points[s] for s in sorted(points)]
 
 
-def arm_complete(run_dir: Path, steps: int) -> bool:
+def curve_complete(run_dir: Path, steps: int) -> bool:
+    """The run has logged its final evaluation (all a summary needs: a copy of the study with
+    only ``study.json``, ``arms/*.yaml`` and ``arms/*/metrics.jsonl`` can be merged)."""
     curve = read_curve(run_dir)
-    return (
-        (run_dir / "model" / "config.json").is_file()
-        and bool(curve)
-        and (curve[-1]["step"] >= steps)
-    )
+    return bool(curve) and curve[-1]["step"] >= steps
+
+
+def arm_complete(run_dir: Path, steps: int) -> bool:
+    """Nothing left to train: the final evaluation is logged and the final model written."""
+    return (run_dir / "model" / "config.json").is_file() and curve_complete(run_dir, steps)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -487,7 +490,7 @@ def collect(out_dirs: Sequence[Path]) -> tuple[dict[str, Regime], dict, str]:
                 for arm, key in cell.items():
                     cfg = yaml_steps(Path(out_dir) / "arms" / f"{key}.yaml")
                     run = Path(out_dir) / "arms" / key
-                    if cfg is None or not arm_complete(run, cfg):
+                    if cfg is None or not curve_complete(run, cfg):
                         break
                     pair[arm], steps[arm] = read_curve(run), cfg
                 else:
