@@ -157,3 +157,25 @@ def test_bad_cache_and_rule_options_are_refused(kind, options, message):
 def test_a_plain_function_cannot_use_a_cache():
     with pytest.raises(ValueError, match="puma Transformer"):
         sample(lambda ids: torch.zeros(*ids.shape, V), prompts(), MASK, cache="dual")
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.2, 1.0, 5.0])
+def test_entropy_bound_reveals_the_longest_prefix_within_the_bound(gamma):
+    from puma_mdm.sampling import POLICIES, entropy_bounded
+
+    g = torch.Generator().manual_seed(int(gamma * 10))
+    log_probs = (3 * torch.randn(6, 9, V, generator=g)).log_softmax(-1)
+    eligible = torch.rand(6, 9, generator=g) < 0.7
+    eligible[:, 0] = True
+    scores = POLICIES["margin"](log_probs, None)
+    got = entropy_bounded(log_probs, scores, eligible, gamma)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    for b in range(6):
+        ranked = sorted(eligible[b].nonzero().flatten().tolist(), key=lambda i: -scores[b, i])
+        chosen = ranked[:1]
+        for i in ranked[1:]:
+            h = [float(entropy[b, j]) for j in [*chosen, i]]
+            if sum(h) - max(h) > gamma:
+                break
+            chosen.append(i)
+        assert sorted(got[b].nonzero().flatten().tolist()) == sorted(chosen)
