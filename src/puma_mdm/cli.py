@@ -87,7 +87,7 @@ def default_model() -> Path:
     return Path(str(resources.files("puma_mdm") / "assets" / "sudoku"))
 
 
-DEFAULT_ENTROPY_BOUNDS = "0.1,0.3,1"
+DEFAULT_ENTROPY_BOUNDS = "0.01,0.1"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -247,10 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="accuracy and NFE of every unmasking policy",
+        help="accuracy and NFE of every unmasking policy and rule",
         description=(
             "Decode the held-out set with every policy (random, top_prob, margin, entropy) and "
-            "k in {1,2,3}, plus threshold decoding; print a table and write JSON. Text-corpus "
+            "k in {1,2,3}, plus threshold and entropy-bounded decoding; print a table and write "
+            "JSON (one row per setting: policy, k, threshold, entropy_bound, cache, accuracy, "
+            "nfe). Text-corpus "
             "models: the NLL bound per token, perplexity and bits per byte instead."
         ),
     )
