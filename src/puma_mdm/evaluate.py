@@ -61,7 +61,7 @@ def evaluate(
         correct += int(task.correct(result.tokens, chunk).sum())
         nfe += result.nfe
         batches += 1
-        used = getattr(result, "cache", "none")  # MDM-Prime results have none
+        used = result.cache
     model.train(was_training)
     return {
         "accuracy": correct / len(examples),
