@@ -106,6 +106,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
     prime = getattr(model, "codec", None) is not None
+    if prime and bounds:  # digit-by-digit decoding has no entropy-bounded rule
+        if args.entropy_bounds != DEFAULT_ENTROPY_BOUNDS:
+            raise PumaError(
+                "--entropy-bounds: MDM-Prime models are decoded digit by digit, without an "
+                "entropy-bounded rule; drop the option"
+            )
+        bounds = []
     if not task.scores_outputs and not prime:  # text corpora: the NLL bound, no accuracy
         return report_likelihood(args, model, task, examples)
     print(f"{task.name}: {len(examples)} examples, model {resolve_model_dir(args.model)}")
