@@ -263,7 +263,7 @@ class Arm:
 
     def evaluate(self) -> dict:
         start = time.perf_counter()
-        metrics = self.trainer.run_eval()
+        metrics = self.trainer.run_eval(self.trainer.eval_model())
         elapsed = time.perf_counter() - start
         self.eval_seconds += elapsed
         point = {

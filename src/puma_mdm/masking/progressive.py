@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from puma_mdm.masking.base import Batch, check_mask_id, generator_from, pick_top, random_scores
+from puma_mdm.masking.base import Batch, generator_from, pick_top, random_scores
 from puma_mdm.masking.stream import ExampleStream
 
 MODES = ("standard", "confidence_collapse")
@@ -63,7 +63,7 @@ class ProgressivePool:
             raise ValueError(f"unknown PUMA mode {mode!r}; choose one of {MODES}")
         if not 0.0 < tau <= 1.0:
             raise ValueError(f"confidence_collapse threshold tau must be in (0, 1], got {tau}")
-        check_mask_id(stream.x0, mask_id)
+        stream.check_mask_id(mask_id)
         self.stream, self.batch_size, self.mask_id = stream, batch_size, mask_id
         self.schedule = k_schedule if isinstance(k_schedule, KSchedule) else KSchedule(k_schedule)
         self.mode, self.tau, self.device = mode, tau, torch.device(device)
@@ -93,7 +93,7 @@ class ProgressivePool:
         """(Re)start the pool with ``k`` stages: fresh sequences, phases spread evenly."""
         self.K = k
         B = self.batch_size
-        L = self.stream.x0.shape[1]
+        L = self.stream.seq_len
         self.x0 = torch.zeros(B, L, dtype=torch.long, device=self.device)
         self.x_t = torch.zeros_like(self.x0)
         self.prompt_mask = torch.zeros(B, L, dtype=torch.bool, device=self.device)
