@@ -324,7 +324,7 @@ class Trainer:
             rows = slice(i * size, (i + 1) * size)
             micro = Batch(*(getattr(batch, f)[rows] for f in Batch.__dataclass_fields__))
             # gradients are reduced over the ranks once, in the last micro-batch's backward
-            with self.dist.accumulating(self.model, skip_sync=i < parts - 1):
+            with self.dist.accumulating(self.net, skip_sync=i < parts - 1):
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     logits = self._logits(micro)
                 loss = self.loss(logits, micro)
