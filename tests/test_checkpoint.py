@@ -35,9 +35,12 @@ def config(run: Path, *overrides: str):
     return load_config(bundled_config("sort"), [*TINY, f"logging.out_dir={run}", *overrides])
 
 
+TIMINGS = ("tokens_per_s", "train_seconds")  # wall-clock: differs between runs
+
+
 def records(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
 
 
 def names(run: Path) -> list[str]:

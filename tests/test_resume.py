@@ -45,10 +45,13 @@ def puma_train(*args: str) -> list[str]:
     return [sys.executable, "-m", "puma_mdm.cli", "train", *args]
 
 
+TIMINGS = ("tokens_per_s", "train_seconds")  # wall-clock: differs between runs
+
+
 def records(run) -> list[dict]:
     """metrics.jsonl without the wall-clock throughput."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
 
 
 def last_step(run) -> int:

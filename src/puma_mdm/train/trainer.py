@@ -184,6 +184,7 @@ class Trainer:
         self.step = 0
         self.best_accuracy = -math.inf  # best score(): accuracy, or −NLL without accuracy
         self.skipped = 0
+        self.train_seconds = 0.0  # wall-clock of the training steps (no evaluation, no saving)
         self.sequences_seen = 0  # by all ranks, counted in train_step
         self.stop_requested = False  # a stop signal reached some rank (agreed every step)
         self._stop_signal: int | None = None
@@ -294,6 +295,7 @@ class Trainer:
         self.step = int(state["step"])
         self.best_accuracy = float(state["best_accuracy"])
         self.skipped = int(state["skipped"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         if self.dist.is_main:
             self._truncate_log()
 
@@ -488,6 +490,7 @@ class Trainer:
             "ranks": self.dist.gather(self.rank_state()),
             "best_accuracy": self.best_accuracy,
             "skipped": self.skipped,
+            "train_seconds": self.train_seconds,
         }
         if not self.dist.sharded:
             state["optimizer"] = self.optimizer.state_dict()
@@ -553,7 +556,9 @@ class Trainer:
         tick = time.perf_counter()
         try:
             while self.step < t.steps:
+                start = time.perf_counter()
                 loss = self.train_step()
+                self.train_seconds += time.perf_counter() - start
                 self.step += 1
                 bar.update(1)
                 if loss is not None and (self.step % cfg.logging.log_every == 0):
@@ -569,6 +574,7 @@ class Trainer:
                             "lr": lr,
                             "tokens_per_s": rate,
                             "sequences_seen": self.sequences_seen,
+                            "train_seconds": self.train_seconds,
                         },
                     )
                 if self.step == t.steps or (cfg.eval.every and self.step % cfg.eval.every == 0):
@@ -599,7 +605,9 @@ class Trainer:
         model = self.eval_model()
         metrics = self.run_eval(model)
         log.write(
-            self.step, {f"eval/{k}": v for k, v in metrics.items()} | {"skipped": self.skipped}
+            self.step,
+            {f"eval/{k}": v for k, v in metrics.items()}
+            | {"skipped": self.skipped, "train_seconds": self.train_seconds},
         )
         if score(metrics) > self.best_accuracy:
             self.best_accuracy = score(metrics)
