@@ -1,6 +1,7 @@
 """The TinyGSM → GSM8K task and the paper-scale config, at a size a CPU trains in seconds."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -159,3 +160,20 @@ def test_puma_prepare_command(files, tmp_path, capsys):
     assert main([*args[:3], "--force", *args[3:]]) == 0
     assert main(["prepare", "--config", "sort"]) == 2
     assert "nothing to prepare" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_125m_config_trains_and_resumes_on_a_gpu_in_bf16(files, tmp_path):
+    """The CUDA path end to end at a tiny size: bf16 autocast, the sync-free PUMA pool,
+    torch.compile, the sandboxed GSM8K evaluation, a checkpoint and a resume."""
+    run = tmp_path / "run"
+    gpu = ["training.device=cuda", "training.autocast=bf16", "training.compile=true"]
+    args = ["train", "--config", "tinygsm-125m", *tiny_overrides(files, run), *gpu]
+    assert main(args) == 0
+    state, _ = load_checkpoint(run)
+    assert "ring" in state["ranks"][0]["process"]  # the pool ran its sync-free path
+    assert main(["train", "--resume", str(run), "training.steps=9"]) == 0
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 10))
+    assert all(math.isfinite(r["loss"]) for r in log if "loss" in r)
