@@ -11,6 +11,7 @@ from puma_mdm.cli import bundled_config, main
 from puma_mdm.train.checkpoint import STATE_NAME, checkpoint_dirs, load_checkpoint
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer
+from tiny import logged as records
 
 TINY = [
     "model.dim=32",
@@ -33,14 +34,6 @@ TINY = [
 
 def config(run: Path, *overrides: str):
     return load_config(bundled_config("sort"), [*TINY, f"logging.out_dir={run}", *overrides])
-
-
-TIMINGS = ("tokens_per_s", "train_seconds")  # wall-clock: differs between runs
-
-
-def records(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
 
 
 def names(run: Path) -> list[str]:

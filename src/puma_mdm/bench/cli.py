@@ -42,6 +42,8 @@ def cmd_speedup(args: argparse.Namespace) -> int:
     from puma_mdm.bench.speedup import DEFAULT_TARGETS, merge_reports, run_speedup
 
     targets = None if args.targets is None else parse_list(args.targets, float, "--targets")
+    if args.grid or args.resume or (args.merge and is_study(args.merge[0])):
+        return cmd_study(args)
     if args.merge:
         merge_reports(args.merge, args.out_dir, targets)
         return 0
@@ -59,6 +61,37 @@ def cmd_speedup(args: argparse.Namespace) -> int:
         eval_examples=args.eval_examples,
         targets=DEFAULT_TARGETS if targets is None else targets,
     )
+    return 0
+
+
+def is_study(path: str) -> bool:
+    return (Path(path) / "study.json").is_file()
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """``--grid`` / ``--resume`` / ``--merge`` of study directories (bench/study.py)."""
+    from puma_mdm.bench.study import resume_study, run_study, write_summary
+
+    if args.merge:
+        not_studies = [d for d in args.merge if not is_study(d)]
+        if not_studies:
+            raise PumaError(
+                f"--merge: {not_studies[0]} holds no study.json (mixing study "
+                "directories with speedup.json reports is not supported)"
+            )
+        write_summary(args.merge, args.out_dir)
+        return 0
+    if args.overrides or args.config or args.task:
+        raise PumaError(
+            "--grid/--resume take their settings from the study file; put "
+            "overrides into its `common` list instead of the command line"
+        )
+    if args.resume:
+        resume_study(args.resume, jobs=args.jobs)
+        return 0
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    regimes = parse_list(args.regimes, str, "--regimes") if args.regimes else None
+    run_study(args.grid, args.out_dir, seeds, jobs=args.jobs, regimes=regimes)
     return 0
 
 
@@ -178,6 +211,15 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "(or their directories), or of `puma train` run directories (each one arm of one "
         "seed, e.g. the two arms of docs/paper-scale.md), into --out-dir",
     )
+    p.add_argument(
+        "--grid",
+        metavar="STUDY",
+        help="run a study: a grid of regimes (a YAML file or a bundled study, e.g. "
+        "sudoku-regimes), each arm a resumable `puma train` run; writes summary.json",
+    )
+    p.add_argument("--resume", metavar="DIR", help="continue the study in DIR after a stop")
+    p.add_argument("--regimes", help="with --grid: only these regimes (comma-separated)")
+    p.add_argument("--jobs", type=int, default=1, help="with --grid: arms trained at once")
     p.add_argument("--eval-every", type=int, default=250, help="steps between evaluations")
     p.add_argument("--eval-examples", type=int, default=200, help="held-out examples evaluated")
     p.add_argument(

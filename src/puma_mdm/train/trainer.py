@@ -42,6 +42,7 @@ from puma_mdm.masking import (
     RandomMasking,
     block_logits,
 )
+from puma_mdm.masking.mixed import MixedBatch, split_rows
 from puma_mdm.model import ModelConfig, Transformer
 from puma_mdm.prepared import PreparedData, ShardStream
 from puma_mdm.pretrained import TASK_FILE
@@ -184,8 +185,8 @@ class Trainer:
         self.step = 0
         self.best_accuracy = -math.inf  # best score(): accuracy, or −NLL without accuracy
         self.skipped = 0
-        self.train_seconds = 0.0  # wall-clock of the training steps (no evaluation, no saving)
         self.sequences_seen = 0  # by all ranks, counted in train_step
+        self.train_seconds = 0.0  # wall-clock inside training steps (evaluation excluded)
         self.stop_requested = False  # a stop signal reached some rank (agreed every step)
         self._stop_signal: int | None = None
         if resume:
@@ -245,9 +246,10 @@ class Trainer:
                 self.stream, t.batch_size, mask_id, seed, t.loss_form, self.device
             )
         else:
+            pool_rows, fresh_rows = split_rows(t.batch_size, t.puma.fresh_fraction)
             process = ProgressivePool(
                 self.stream,
-                t.batch_size,
+                pool_rows,
                 mask_id,
                 k_schedule=t.puma.k_schedule,
                 mode=t.puma.mode,
@@ -255,6 +257,11 @@ class Trainer:
                 seed=seed,
                 device=self.device,
             )
+            if fresh_rows:
+                fresh = RandomMasking(
+                    self.stream, fresh_rows, mask_id, seed + 1, t.loss_form, self.device
+                )
+                process = MixedBatch(process, fresh)
         return process if self.codec is None else DigitProcess(process, self.codec)
 
     def _resume(self) -> None:
@@ -440,16 +447,21 @@ class Trainer:
         n = len(share)
         sums = {}
         if self.task.scores_outputs:  # text corpora are judged by likelihood alone
-            local = evaluate(
-                model,
-                self.task,
-                share,
-                policy=e.policy,
-                k=e.k,
-                batch_size=e.batch_size,
-                autocast_dtype=self.amp,
-            )
-            sums = {"accuracy": local["accuracy"] * n, "nfe": local["nfe"] * n}
+            for policy in (e.policy, *e.extra_policies):
+                local = evaluate(
+                    model,
+                    self.task,
+                    share,
+                    policy=policy,
+                    k=e.k,
+                    batch_size=e.batch_size,
+                    autocast_dtype=self.amp,
+                )
+                suffix = "" if policy == e.policy else f"_{policy}"
+                sums |= {
+                    f"accuracy{suffix}": local["accuracy"] * n,
+                    f"nfe{suffix}": local["nfe"] * n,
+                }
         if self.codec is None:
             nlls = {"nll": nll_bound(model, share, self.task.mask_id, batch_size=e.batch_size)}
         else:  # the digit-marginal bound, and the joint form (not a bound) beside it
@@ -458,7 +470,9 @@ class Trainer:
         total, *values = self.dist.all_sum([n, *sums.values()])
         metrics = {key: value / total for key, value in zip(sums, values, strict=True)}
         if "accuracy" in metrics:
-            metrics["accuracy"] = round(metrics["accuracy"] * total) / total  # a count
+            for key in metrics:
+                if key.startswith("accuracy"):
+                    metrics[key] = round(metrics[key] * total) / total  # a count
         else:
             metrics["perplexity"] = math.exp(metrics["nll"])
         return {**metrics, "n": int(total)}
@@ -574,7 +588,6 @@ class Trainer:
                             "lr": lr,
                             "tokens_per_s": rate,
                             "sequences_seen": self.sequences_seen,
-                            "train_seconds": self.train_seconds,
                         },
                     )
                 if self.step == t.steps or (cfg.eval.every and self.step % cfg.eval.every == 0):
@@ -607,7 +620,7 @@ class Trainer:
         log.write(
             self.step,
             {f"eval/{k}": v for k, v in metrics.items()}
-            | {"skipped": self.skipped, "train_seconds": self.train_seconds},
+            | {"skipped": self.skipped, "train_seconds": round(self.train_seconds, 3)},
         )
         if score(metrics) > self.best_accuracy:
             self.best_accuracy = score(metrics)
