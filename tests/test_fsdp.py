@@ -18,6 +18,7 @@ from puma_mdm.cli import bundled_config, main
 from puma_mdm.train.checkpoint import SHARDS, checkpoint_path, load_checkpoint
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer
+from tiny import logged
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 STEPS = 30
@@ -71,12 +72,8 @@ def worker(out: Path) -> int:
     return main(["train", "--resume", str(resumed)])
 
 
-TIMINGS = ("tokens_per_s", "train_seconds")  # wall-clock: differs between runs
-
-
 def records(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+    return logged(run)
 
 
 @pytest.mark.slow
