@@ -123,8 +123,8 @@ class ProgressivePool:
             return
         x0, prompt = self.stream.take(need)
         slots = to_device((torch.arange(need) + self.filled) % len(self.ring_x0), self.device)
-        self.ring_x0[slots] = to_device(x0, self.device)
-        self.ring_prompt[slots] = to_device(prompt, self.device)
+        self.ring_x0.index_copy_(0, slots, to_device(x0, self.device))
+        self.ring_prompt.index_copy_(0, slots, to_device(prompt, self.device))
         self.filled += need
 
     def _replace(self, done: torch.Tensor, phase: torch.Tensor) -> None:
