@@ -312,7 +312,8 @@ def run_arms(out_dir: Path, plan: Plan, jobs: int, poll_seconds: float = 5.0) ->
                     continue
                 del running[key]
                 ok = proc.returncode == 0
-                print(f"[study] {'done' if ok else 'FAILED'} {key} (exit {proc.returncode})")
+                state = "done" if ok else "stopped" if stopping else "FAILED"
+                print(f"[study] {state} {key} (exit {proc.returncode})", flush=True)
                 if not ok and not stopping:
                     failed.append(key)
             if stopping and not running:
