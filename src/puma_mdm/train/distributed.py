@@ -25,8 +25,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from puma_mdm.errors import ConfigError
@@ -89,6 +87,9 @@ class Distributed:
         norm, head). Call before building the optimiser: the parameters become DTensors."""
         if not self.sharded:
             return
+        # imported here: torch.distributed's FSDP/DTensor stack costs seconds of start-up
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
         policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         for block in model.blocks:
             fully_shard(block, mp_policy=policy)
@@ -150,6 +151,8 @@ class Distributed:
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a sharded DTensor (a collective: every rank calls it), else itself."""
+    from torch.distributed.tensor import DTensor
+
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 

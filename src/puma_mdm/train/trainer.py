@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from omegaconf import OmegaConf
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from tqdm import tqdm
 
 from puma_mdm.arm import NextToken, check_first_is_prompt, init_from_arm
@@ -419,6 +417,8 @@ class Trainer:
     def sharded_state(self) -> dict:
         """The FSDP state ``torch.distributed.checkpoint`` saves and loads in place: model,
         optimiser and EMA shards, keyed by parameter name."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
         model_state, optim_state = get_state_dict(self.model, self.optimizer)
         state = {"model": model_state, "optim": optim_state}
         if self.ema is not None:
@@ -429,6 +429,9 @@ class Trainer:
     def _load_shards(self, directory: Path) -> None:
         if not directory.is_dir():
             raise CheckpointError(f"{directory} is missing: the checkpoint has no FSDP shards")
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
         state = self.sharded_state()
         dcp.load(state, checkpoint_id=directory)
         set_state_dict(
@@ -520,6 +523,8 @@ class Trainer:
             if self.dist.is_main:
                 begin_checkpoint(self.out_dir, self.step)
             self.dist.barrier()
+            import torch.distributed.checkpoint as dcp
+
             shards = staging_path(self.out_dir, self.step) / SHARDS
             dcp.save(self.sharded_state(), checkpoint_id=shards)
         if self.dist.is_main:
