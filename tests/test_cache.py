@@ -179,3 +179,25 @@ def test_entropy_bound_reveals_the_longest_prefix_within_the_bound(gamma):
                 break
             chosen.append(i)
         assert sorted(got[b].nonzero().flatten().tolist()) == sorted(chosen)
+
+
+def test_cached_step_functions_take_every_row_as_a_slice():
+    """The GPU's fixed-length loop passes ``slice(None)`` for the rows."""
+    from puma_mdm.sampling import DualCache, PrefixCache
+
+    model = peaked(block_size=4)
+    x = prompts(rows=3)
+    x[:, :8] = x[:, :8].masked_fill(x[:, :8] == MASK, 1)
+    rows = torch.arange(3)
+    with torch.no_grad():
+        for first in (8, 12):  # a block's first call (it commits) and a later one
+            a = PrefixCache(model, x).block(8, 12)
+            b = PrefixCache(model, x).block(8, 12)
+            if first == 12:
+                a(x[:, 8:12], rows), b(x[:, 8:12], rows)
+            torch.testing.assert_close(a(x[:, 8:12], slice(None)), b(x[:, 8:12], rows))
+        bidirectional = peaked(seed=1)
+        y = prompts(rows=3)
+        a, b = DualCache(bidirectional, MASK, 2), DualCache(bidirectional, MASK, 2)
+        for _ in range(2):  # a refresh, then a windowed call
+            torch.testing.assert_close(a(y, slice(None)), b(y, rows))

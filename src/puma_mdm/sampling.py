@@ -225,11 +225,19 @@ def denoise(
 ) -> int:
     """The one sampling loop: fill the masks of ``x`` (B, L; written in place, it may be a view)
     until none is left; return the number of network calls. ``step_logits(x, active)`` gives the
-    logits (A, L, V) of rows ``active`` of ``x``; ``order`` (like ``x``) gets the step numbers."""
+    logits (A, L, V) of rows ``active`` of ``x`` (an index tensor, or ``slice(None)``: every
+    row); ``order`` (like ``x``) gets the step numbers."""
     masked = x == mask_id
     nfe = 0
-    while bool(masked.any()):
-        active = masked.any(1).nonzero().flatten()
+    # On a GPU with k or steps the number of network calls is known before the loop, which
+    # then forwards every row (finished rows change nothing) without a host-device sync;
+    # elsewhere each step forwards only the rows that still have masks.
+    fixed = x.is_cuda and decoding.threshold is None and decoding.entropy_bound is None
+    if fixed:
+        most = int(masked.sum(1).max()) if x.numel() else 0  # the one sync, before the loop
+        calls = -(-most // decoding.k) if decoding.steps is None else min(decoding.steps, most)
+    while nfe < calls if fixed else bool(masked.any()):
+        active = slice(None) if fixed else masked.any(1).nonzero().flatten()
         with torch.autocast(
             x.device.type,
             dtype=decoding.autocast_dtype,
@@ -406,7 +414,8 @@ class PrefixCache:
                 raw = raw[active]
                 first = c
             else:
-                rows = None if len(active) == len(self.x) else active
+                every = isinstance(active, slice) or len(active) == len(self.x)
+                rows = None if every else active
                 view = self.cache.view(rows, max(lo, 0))
                 first = max(lo, 0)
                 raw = self._logits(self.x[active, first:hi], first, view)
@@ -448,9 +457,10 @@ class DualCache:
         self.calls += 1
         if (self.calls - 1) % self.refresh == 0:
             return self._refresh(ids, active, self.mask_id)
-        sel = torch.searchsorted(self.rows, active)
+        every = isinstance(active, slice)  # the GPU's fixed-length loop: all rows, always
+        sel = active if every else torch.searchsorted(self.rows, active)
         window = self.window[sel]
-        view = self.cache.view(None if len(sel) == len(self.rows) else sel)
+        view = self.cache.view(None if every or len(sel) == len(self.rows) else sel)
         for layer in view.layers:
             layer.scatter = window
         raw = self.model.encode(ids.gather(1, window), window, None, cache=view)
