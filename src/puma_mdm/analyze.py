@@ -13,7 +13,9 @@ def cmd_mismatch(args: argparse.Namespace) -> int:
     from puma_mdm.mismatch import format_mismatch, measure_mismatch, plot_mismatch
     from puma_mdm.pretrained import load_trained, resolve_model_dir
 
-    model, task = load_trained(args.model, expect_task=args.task)
+    model, task = load_trained(
+        args.model, expect_task=args.task, trust_remote_code=args.trust_remote_code
+    )
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
     settings = {

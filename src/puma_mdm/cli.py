@@ -73,6 +73,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="model or run directory (default: the shipped Sudoku model)",
     )
     p.add_argument("--task", help="task name (default: the task the model was trained on)")
+    add_trust_argument(p)
+
+
+def add_trust_argument(p: argparse.ArgumentParser) -> None:
+    """``--trust-remote-code``: the user's own decision, never read from the model directory."""
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow running Python code shipped in a Hugging Face model directory (auto_map)",
+    )
 
 
 def default_model() -> Path:
@@ -90,7 +100,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from puma_mdm.policy_table import format_table, policy_table
     from puma_mdm.pretrained import load_trained, resolve_model_dir
 
-    model, task = load_trained(args.model, expect_task=args.task)
+    model, task = load_trained(
+        args.model, expect_task=args.task, trust_remote_code=args.trust_remote_code
+    )
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
     prime = getattr(model, "codec", None) is not None
@@ -160,7 +172,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
     puzzles = read_input(args.puzzle)
     check_solvable(puzzles)
-    model, task = load_trained(args.model, expect_task="sudoku")
+    model, task = load_trained(
+        args.model, expect_task="sudoku", trust_remote_code=args.trust_remote_code
+    )
     solutions = solve_with_model(model, task, puzzles, args.policy, args.k, args.threshold)
     for i, s in enumerate(solutions):
         if len(solutions) > 1:
@@ -285,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold", type=float, help="reveal every cell at least this confident (instead of --k)"
     )
     p.add_argument("--png", help="write a picture of the decoding order to this file")
+    add_trust_argument(p)
     p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("demo", help="generate puzzles, train briefly, evaluate and solve")

@@ -108,7 +108,7 @@ def generate(
 def cmd_sample(args: argparse.Namespace) -> int:
     from puma_mdm.pretrained import load_trained
 
-    model, task = load_trained(args.model)
+    model, task = load_trained(args.model, trust_remote_code=args.trust_remote_code)
     if not isinstance(task, TokenizedTask):
         raise SampleError(
             f"{args.model} holds a {task.name!r} model; `puma sample` generates text with "
@@ -140,6 +140,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``sample`` to the ``puma`` command's sub-parsers."""
+    from puma_mdm.cli import add_trust_argument
+
     p = subparsers.add_parser(
         "sample",
         help="generate text with a trained math-program or text model",
@@ -169,5 +171,6 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument(
         "--show-steps", action="store_true", help="print how the sequence fills in, call by call"
     )
+    add_trust_argument(p)
     p.set_defaults(func=cmd_sample)
     return p

@@ -25,12 +25,16 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def load_trained(
-    path: str | Path, expect_task: str | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    expect_task: str | None = None,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
 ) -> tuple[Transformer, Task]:
     """The model in ``path`` and its task (from ``task.json``); with ``expect_task`` a model
-    trained on another task is refused."""
+    trained on another task is refused. Code shipped in a Hugging Face model directory runs only
+    with the caller's ``trust_remote_code``, never because of a file in the directory."""
     directory = resolve_model_dir(path)
-    model = Transformer.from_pretrained(directory, device)
+    model = Transformer.from_pretrained(directory, device, trust_remote_code)
     record_path = directory / TASK_FILE
     if not record_path.is_file():
         raise ModelLoadError(f"{directory} has no {TASK_FILE}, so its task is unknown")

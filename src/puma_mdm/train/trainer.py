@@ -228,7 +228,7 @@ class Trainer:
 
     def _resume(self) -> None:
         state, path = load_checkpoint(self.out_dir)
-        saved = Transformer.from_pretrained(path, self.device)
+        saved = Transformer.from_pretrained(path, self.device, self.cfg.model.trust_remote_code)
         old, new = saved.cfg.to_dict(), self.model.cfg.to_dict()
         changed = [f"{k}: checkpoint {old[k]}, config {new[k]}" for k in new if old[k] != new[k]]
         if changed:
