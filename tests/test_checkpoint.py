@@ -192,9 +192,20 @@ def test_missing_run_or_checkpoint_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_resume_refuses_a_different_model_shape(finished_run, capsys):
-    err = cli_error(capsys, "--resume", str(finished_run), "model.dim=64")
-    assert "the model shape changed (dim: checkpoint 32, config 64)" in err
+    before = (finished_run / "config.yaml").read_text()
+    for override, says in [
+        ("model.dim=64", "model.dim=64 (the run has 32)"),
+        ("training.batch_size=8", "training.batch_size=8 (the run has 16)"),
+        ("training.strategy=standard", "training.strategy='standard' (the run has 'progressive')"),
+        ("training.lr=0.5", "training.lr=0.5 (the run has"),
+    ]:
+        err = cli_error(capsys, "--resume", str(finished_run), override)
+        assert f"cannot resume {finished_run} with {says}" in err
+    for flag in ("--out-dir", "--config", "--data"):
+        err = cli_error(capsys, "--resume", str(finished_run), flag, "x")
+        assert f"{flag} cannot be used with --resume" in err
     assert names(finished_run) == ["step-00000005", "step-00000010"]  # untouched
+    assert (finished_run / "config.yaml").read_text() == before
 
 
 def test_missing_train_data_file_is_named(tmp_path, capsys):

@@ -8,6 +8,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from puma_mdm import arguments as A
 from puma_mdm.analyze import add_analyze_parser
 from puma_mdm.bench.cli import add_bench_parser
 from puma_mdm.errors import PumaError
@@ -31,6 +32,9 @@ def config_path(value: str) -> Path:
     return bundled_config(value)
 
 
+FRESH_ONLY = ("config", "out_dir", "data", "tokenizer", "overwrite")  # not with --resume
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from puma_mdm.errors import CheckpointError
     from puma_mdm.train.config import load_config
@@ -39,6 +43,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     if args.resume:
+        given = [f"--{name.replace('_', '-')}" for name in FRESH_ONLY if getattr(args, name)]
+        if given:
+            raise PumaError(
+                f"{given[0]} cannot be used with --resume: a resumed run keeps its directory, "
+                "config and data (start a new run for others)"
+            )
         run = Path(args.resume)
         if not run.is_dir():
             raise CheckpointError(f"--resume {run}: no such run directory")
@@ -56,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"task.options.tokenizer={args.tokenizer}")
         cfg = load_config(config_path(args.config), overrides)
     try:
-        trainer = Trainer(cfg, resume=bool(args.resume))
+        trainer = Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite)
         metrics = trainer.train()
     finally:
         shutdown()  # leave the torchrun process group, if any
@@ -67,13 +77,42 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--model`` (a trained model or run directory) and ``--task`` (default: its own)."""
+    from puma_mdm.tasks import TASKS
+
     p.add_argument(
         "--model",
+        type=A.existing_path,
         default=str(default_model()),
         help="model or run directory (default: the shipped Sudoku model)",
     )
-    p.add_argument("--task", help="task name (default: the task the model was trained on)")
+    p.add_argument(
+        "--task",
+        type=A.one_of(TASKS),
+        help="task name (default: the task the model was trained on)",
+    )
     add_trust_argument(p)
+
+
+def add_overrides_argument(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("overrides", nargs="*", type=A.key_value, metavar="KEY=VALUE", help=help)
+
+
+def add_policy_arguments(p: argparse.ArgumentParser, unit: str) -> None:
+    """``--policy``, ``--k`` and ``--threshold`` of one decoding run."""
+    from puma_mdm.sampling import POLICIES
+
+    p.add_argument(
+        "--policy",
+        type=A.one_of(POLICIES),
+        default="margin",
+        help=f"unmasking policy: {', '.join(sorted(POLICIES))}",
+    )
+    p.add_argument("--k", type=A.positive_int, default=1, help=f"{unit} revealed per step")
+    p.add_argument(
+        "--threshold",
+        type=A.threshold,
+        help=f"reveal every one of the {unit} at least this confident, in (0, 1] (not --k)",
+    )
 
 
 def add_trust_argument(p: argparse.ArgumentParser) -> None:
@@ -88,10 +127,6 @@ def add_trust_argument(p: argparse.ArgumentParser) -> None:
 def default_model() -> Path:
     """The Sudoku model shipped inside the package."""
     return Path(str(resources.files("puma_mdm") / "assets" / "sudoku"))
-
-
-def split_list(text: str, kind: type) -> list:
-    return [kind(x) for x in text.split(",") if x.strip()]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -115,9 +150,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model,
             task,
             examples,
-            policies=split_list(args.policies, str),
-            ks=split_list(args.ks, int),
-            thresholds=split_list(args.thresholds, float),
+            policies=args.policies,
+            ks=args.ks,
+            thresholds=args.thresholds,
             batch_size=args.batch_size,
             autocast_dtype=None if args.fp32 else torch.bfloat16,
         )
@@ -129,8 +164,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model,
             task,
             examples,
-            policies=split_list(args.policies, str),
-            time_steps=split_list(args.time_steps, int) if args.time_steps else [task.seq_len],
+            policies=args.policies,
+            time_steps=args.time_steps or [task.seq_len],
             nll_samples=args.nll_samples,
             batch_size=args.batch_size,
             autocast_dtype=None if args.fp32 else torch.bfloat16,
@@ -207,7 +242,9 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from puma_mdm.sampling import POLICIES
+
+    parser = A.Parser(
         prog="puma",
         description="Masked diffusion models trained with PUMA (progressive unmasking).",
     )
@@ -224,20 +261,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", help="YAML config file, or a bundled config name (see `puma configs`)"
     )
-    p.add_argument("--out-dir", help="run directory (overrides logging.out_dir)")
+    p.add_argument("--out-dir", type=A.output_dir, help="run directory (overrides logging.out_dir)")
     p.add_argument(
-        "--data", help="text corpus (.txt/.jsonl file or directory): sets task.options.data"
+        "--data",
+        type=A.existing_path,
+        help="text corpus (.txt/.jsonl file or directory): sets task.options.data",
     )
     p.add_argument(
         "--tokenizer",
+        type=A.existing_path,
         metavar="DIR",
         help="text and math tasks: a saved Hugging Face tokenizer directory (or tokenizer.json): "
         "sets task.options.tokenizer",
     )
     p.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
+        "--resume",
+        type=A.existing_path,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its latest checkpoint",
     )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out-dir (its checkpoints, model and logs)",
+    )
+    add_overrides_argument(p, "config overrides (dot-list)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -251,30 +299,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(p)
     p.add_argument(
-        "--data", help="file of examples (puzzles, problems, text) instead of the held-out set"
+        "--data",
+        type=A.existing_path,
+        help="file of examples (puzzles, problems, text) instead of the held-out set",
     )
-    p.add_argument("--n", type=int, default=1000, help="number of examples evaluated")
+    p.add_argument("--n", type=A.positive_int, default=1000, help="number of examples evaluated")
     p.add_argument(
-        "--policies", default="random,top_prob,margin,entropy", help="comma-separated policies"
+        "--policies",
+        type=A.list_of(A.one_of(POLICIES)),
+        default="random,top_prob,margin,entropy",
+        help="comma-separated policies",
     )
-    p.add_argument("--ks", default="1,2,3", help="comma-separated tokens-per-step values")
     p.add_argument(
-        "--thresholds", default="0.9", help="comma-separated confidence thresholds ('' for none)"
+        "--ks",
+        type=A.list_of(A.positive_int),
+        default="1,2,3",
+        help="comma-separated tokens-per-step values",
     )
-    p.add_argument("--batch-size", type=int, default=500, help="examples decoded at once")
+    p.add_argument(
+        "--thresholds",
+        type=A.list_of(A.threshold, allow_empty=True),
+        default="0.9",
+        help="comma-separated confidence thresholds in (0, 1] ('' for none)",
+    )
+    p.add_argument(
+        "--batch-size", type=A.positive_int, default=500, help="examples decoded at once"
+    )
     p.add_argument("--fp32", action="store_true", help="decode in float32 instead of bf16 autocast")
     p.add_argument(
-        "--samples", type=int, default=4, help="text tasks: Monte-Carlo draws of the NLL bound"
+        "--samples",
+        type=A.positive_int,
+        default=4,
+        help="text tasks: Monte-Carlo draws of the NLL bound",
     )
     p.add_argument(
         "--time-steps",
+        type=A.list_of(A.positive_int),
         help="MDM-Prime models: comma-separated step counts T of the ancestral sampler whose "
         "NFE and idle steps are reported (default: the sequence length)",
     )
     p.add_argument(
-        "--nll-samples", type=int, default=1, help="MDM-Prime models: mask draws for the NLL bound"
+        "--nll-samples",
+        type=A.positive_int,
+        default=1,
+        help="MDM-Prime models: mask draws for the NLL bound",
     )
-    p.add_argument("--out", help="JSON output file (default: MODEL/eval.json)")
+    p.add_argument("--out", type=A.output_file, help="JSON output file (default: MODEL/eval.json)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -285,29 +355,40 @@ def build_parser() -> argparse.ArgumentParser:
             "(81-char lines, Kaggle CSV, sudoku-extreme CSV or Shah et al. format)."
         ),
     )
-    p.add_argument("puzzle", help="the puzzle text, or a file of puzzles")
+    p.add_argument("puzzle", type=A.utf8_text, help="the puzzle text, or a file of puzzles")
     p.add_argument(
         "--model",
+        type=A.existing_path,
         default=str(default_model()),
         help="model directory (default: the shipped Sudoku model)",
     )
+    add_policy_arguments(p, "cells")
     p.add_argument(
-        "--policy", default="margin", help="unmasking policy: random, top_prob, margin, entropy"
+        "--png", type=A.output_file, help="write a picture of the decoding order to this file"
     )
-    p.add_argument("--k", type=int, default=1, help="cells revealed per step")
-    p.add_argument(
-        "--threshold", type=float, help="reveal every cell at least this confident (instead of --k)"
-    )
-    p.add_argument("--png", help="write a picture of the decoding order to this file")
     add_trust_argument(p)
     p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("demo", help="generate puzzles, train briefly, evaluate and solve")
-    p.add_argument("--steps", type=int, default=800, help="training steps of the fresh model")
-    p.add_argument("--n-eval", type=int, default=500, help="held-out puzzles for the policy table")
-    p.add_argument("--model", default=str(default_model()), help="trained model to evaluate")
-    p.add_argument("--out-dir", default="runs/demo", help="where the demo writes its outputs")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for the training")
+    p.add_argument(
+        "--steps", type=A.positive_int, default=800, help="training steps of the fresh model"
+    )
+    p.add_argument(
+        "--n-eval", type=A.positive_int, default=500, help="held-out puzzles for the policy table"
+    )
+    p.add_argument(
+        "--model",
+        type=A.existing_path,
+        default=str(default_model()),
+        help="trained model to evaluate",
+    )
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/demo",
+        help="where the demo writes its outputs",
+    )
+    add_overrides_argument(p, "overrides for the training")
     p.set_defaults(func=cmd_demo)
 
     add_bench_parser(sub)

@@ -140,7 +140,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``sample`` to the ``puma`` command's sub-parsers."""
-    from puma_mdm.cli import add_trust_argument
+    from puma_mdm import arguments as A
+    from puma_mdm.cli import add_policy_arguments, add_trust_argument
 
     p = subparsers.add_parser(
         "sample",
@@ -151,23 +152,29 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
             "every network call, still-masked tokens as ▒."
         ),
     )
-    p.add_argument("--model", required=True, help="model or run directory")
-    p.add_argument("--prompt", help="text to continue (a math model: the question)")
+    p.add_argument("--model", type=A.existing_path, required=True, help="model or run directory")
     p.add_argument(
-        "--length", type=int, help="tokens to generate (default: up to the model's length)"
+        "--prompt", type=A.utf8_text, help="text to continue (a math model: the question)"
     )
     p.add_argument(
-        "--policy", default="margin", help="unmasking policy: random, top_prob, margin, entropy"
+        "--length",
+        type=A.positive_int,
+        help="tokens to generate (default: up to the model's length)",
     )
-    p.add_argument("--k", type=int, default=1, help="tokens revealed per network call")
+    add_policy_arguments(p, "tokens")
     p.add_argument(
-        "--threshold", type=float, help="reveal every token at least this confident (not --k)"
+        "--temperature",
+        type=A.nonnegative_float,
+        default=0.0,
+        help="0 = argmax; > 0 samples each token",
     )
     p.add_argument(
-        "--temperature", type=float, default=0.0, help="0 = argmax; > 0 samples each token"
+        "--seed",
+        type=A.nonnegative_int,
+        default=0,
+        help="random seed (policy random, temperature)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (policy random, temperature)")
-    p.add_argument("--n", type=int, default=1, help="number of samples")
+    p.add_argument("--n", type=A.positive_int, default=1, help="number of samples")
     p.add_argument(
         "--show-steps", action="store_true", help="print how the sequence fills in, call by call"
     )

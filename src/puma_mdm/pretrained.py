@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from puma_mdm.errors import ModelLoadError
+from puma_mdm.errors import ModelLoadError, PumaError
 from puma_mdm.model import Transformer
 from puma_mdm.tasks import Task, build_task
 
@@ -38,12 +38,20 @@ def load_trained(
     record_path = directory / TASK_FILE
     if not record_path.is_file():
         raise ModelLoadError(f"{directory} has no {TASK_FILE}, so its task is unknown")
-    record = json.loads(record_path.read_text())
+    try:
+        record = json.loads(record_path.read_text())
+        if not (isinstance(record.get("name"), str) and isinstance(record.get("options"), dict)):
+            raise ValueError("expected an object with a task name and its options")
+    except (ValueError, AttributeError) as err:  # also bad JSON and bad UTF-8
+        raise ModelLoadError(f"{record_path}: not a valid task record ({err})") from None
     if expect_task is not None and record["name"] != expect_task:
         raise ModelLoadError(
             f"{directory} holds a model for task {record['name']!r}, not {expect_task!r}"
         )
-    task = build_task(record["name"], record["options"])
+    try:
+        task = build_task(record["name"], record["options"])
+    except PumaError as err:
+        raise ModelLoadError(f"{record_path}: {err}") from None
     task.restore(directory)  # e.g. the tokenizer trained with the model
     if (task.vocab_size, task.seq_len) != (model.cfg.vocab_size, model.cfg.seq_len):
         raise ModelLoadError(

@@ -6,17 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from puma_mdm import arguments as A
 from puma_mdm.errors import PumaError
-
-
-def parse_list(text: str, kind: type, option: str) -> list:
-    """Comma-separated values of one type ('' = none)."""
-    try:
-        return [kind(x.strip()) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise PumaError(
-            f"{option}: {text!r} is not a comma-separated list of {kind.__name__}"
-        ) from None
 
 
 def resolve_config(config: str | None, task: str | None) -> Path:
@@ -41,7 +32,7 @@ def check_task(config: Path, overrides: list[str], task: str | None) -> None:
 def cmd_speedup(args: argparse.Namespace) -> int:
     from puma_mdm.bench.speedup import DEFAULT_TARGETS, merge_reports, run_speedup
 
-    targets = None if args.targets is None else parse_list(args.targets, float, "--targets")
+    targets = args.targets
     if args.merge:
         merge_reports(args.merge, args.out_dir, targets)
         return 0
@@ -73,24 +64,20 @@ def shipped_model() -> Path | None:
 def cmd_throughput(args: argparse.Namespace) -> int:
     from puma_mdm.bench.throughput import REFERENCE, SIZES, run_throughput
 
-    names = parse_list(args.sizes, str, "--sizes")
-    unknown = sorted(set(names) - set(SIZES))
-    if unknown:
-        raise PumaError(f"--sizes: unknown size(s) {unknown}; choose from {sorted(SIZES)}")
     config = resolve_config(args.config, None)
     sudoku = task_of(config, args.overrides) == "sudoku"
     run_throughput(
         config,
         args.overrides,
         args.out_dir,
-        sizes={name: SIZES[name] for name in names},
-        strategies=parse_list(args.strategies, str, "--strategies"),
-        autocasts=parse_list(args.autocast, str, "--autocast"),
+        sizes={name: SIZES[name] for name in args.sizes},
+        strategies=args.strategies,
+        autocasts=args.autocast,
         train_steps=args.train_steps,
         warmup_steps=args.warmup_steps,
         model_dir=args.model or shipped_model(),
-        sample_batches=parse_list(args.sample_batches, int, "--sample-batches"),
-        policies=parse_list(args.policies, str, "--policies"),
+        sample_batches=args.sample_batches,
+        policies=args.policies,
         threshold=args.threshold,
         min_seconds=args.min_seconds,
         reference=REFERENCE if sudoku else None,  # the reference comparison is Sudoku's
@@ -109,9 +96,9 @@ def cmd_prime(args: argparse.Namespace) -> int:
         config,
         args.overrides,
         args.out_dir,
-        digits=parse_list(args.digits, int, "--digits"),
+        digits=args.digits,
         steps=args.steps,
-        time_steps=parse_list(args.time_steps, int, "--time-steps") or None,
+        time_steps=args.time_steps or None,
         eval_examples=args.eval_examples,
         nll_samples=args.nll_samples,
         policy=args.policy,
@@ -125,7 +112,7 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     run_blocks_bench(
         args.out_dir,
         length=args.length,
-        block_sizes=parse_list(args.block_sizes, int, "--block-sizes"),
+        block_sizes=args.block_sizes,
         batch_size=args.batch_size,
         repeats=args.repeats,
         precision=args.precision,
@@ -136,6 +123,10 @@ def cmd_blocks(args: argparse.Namespace) -> int:
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from puma_mdm.bench.common import AUTOCASTS
+    from puma_mdm.bench.throughput import SIZES, STRATEGIES
+    from puma_mdm.sampling import POLICIES
+
     """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``) to the ``puma``
     command's sub-parsers; each sub-command sets ``func``."""
     bench = subparsers.add_parser(
@@ -164,28 +155,53 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("--task", help="task; picks the bundled config of that name (default sudoku)")
     p.add_argument("--config", help="YAML config file or bundled config name (default: the task's)")
-    p.add_argument("--steps", type=int, help="steps per arm (sets training.steps, the LR schedule)")
     p.add_argument(
-        "--budget-minutes", type=float, help="stop an arm once its training time exceeds this"
+        "--steps", type=A.positive_int, help="steps per arm (sets training.steps, the LR schedule)"
     )
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds, each both arms")
-    p.add_argument("--first-seed", type=int, default=0, help="the first seed (then +1, +2, …)")
+    p.add_argument(
+        "--budget-minutes",
+        type=A.positive_float,
+        help="stop an arm once its training time exceeds this",
+    )
+    p.add_argument(
+        "--seeds", type=A.positive_int, default=3, help="number of seeds, each both arms"
+    )
+    p.add_argument(
+        "--first-seed", type=A.nonnegative_int, default=0, help="the first seed (then +1, +2, …)"
+    )
     p.add_argument(
         "--merge",
         nargs="+",
+        type=A.existing_path,
         metavar="REPORT",
         help="instead of training, pool the complete seeds of these speedup.json files "
         "(or run directories) into --out-dir",
     )
-    p.add_argument("--eval-every", type=int, default=250, help="steps between evaluations")
-    p.add_argument("--eval-examples", type=int, default=200, help="held-out examples evaluated")
+    p.add_argument(
+        "--eval-every", type=A.positive_int, default=250, help="steps between evaluations"
+    )
+    p.add_argument(
+        "--eval-examples", type=A.positive_int, default=200, help="held-out examples evaluated"
+    )
     p.add_argument(
         "--targets",
+        type=A.list_of(A.threshold),
         help="comma-separated accuracy targets in (0, 1] (default 0.5,0.7,0.8,0.9; with "
         "--merge: read the pooled curves at these targets instead of the runs' own)",
     )
-    p.add_argument("--out-dir", default="runs/bench-speedup", help="where results are written")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/bench-speedup",
+        help="where results are written",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        type=A.key_value,
+        metavar="KEY=VALUE",
+        help="config overrides (dot-list)",
+    )
     p.set_defaults(func=cmd_speedup)
 
     p = sub.add_parser(
@@ -200,34 +216,73 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--config", default="sudoku", help="base config, file or bundled name")
     p.add_argument(
         "--sizes",
+        type=A.list_of(A.one_of(SIZES), allow_empty=True),
         default="shipped,reference-81,reference",
         help="model sizes to train: shipped, reference-81, reference ('' to skip training)",
     )
-    p.add_argument("--strategies", default="standard,progressive", help="strategies to train")
-    p.add_argument("--autocast", default="fp32,bf16", help="precisions: fp32, bf16")
+    p.add_argument(
+        "--strategies",
+        type=A.list_of(A.one_of(STRATEGIES)),
+        default="standard,progressive",
+        help="strategies to train",
+    )
+    p.add_argument(
+        "--autocast",
+        type=A.list_of(A.one_of(AUTOCASTS)),
+        default="fp32,bf16",
+        help="precisions: fp32, bf16",
+    )
     p.add_argument(
         "--compile", action="store_true", help="also time torch.compile'd training per precision"
     )
-    p.add_argument("--train-steps", type=int, default=5, help="timed training steps per setting")
-    p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before timing")
     p.add_argument(
-        "--model", help="trained model directory for sampling (default: the shipped model)"
+        "--train-steps", type=A.positive_int, default=5, help="timed training steps per setting"
     )
     p.add_argument(
-        "--sample-batches", default="1,64,512", help="sampling batch sizes ('' to skip sampling)"
+        "--warmup-steps", type=A.nonnegative_int, default=2, help="untimed steps before timing"
     )
     p.add_argument(
-        "--policies", default="random,top_prob,margin,entropy", help="unmasking policies sampled"
+        "--model",
+        type=A.existing_path,
+        help="trained model directory for sampling (default: the shipped model)",
     )
-    p.add_argument("--threshold", type=float, default=0.9, help="confidence threshold decoding")
     p.add_argument(
-        "--min-seconds", type=float, default=2.0, help="time each sampling setting ≥ this"
+        "--sample-batches",
+        type=A.list_of(A.positive_int, allow_empty=True),
+        default="1,64,512",
+        help="sampling batch sizes ('' to skip sampling)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: training.threads)")
     p.add_argument(
-        "--out-dir", default="runs/bench-throughput", help="where throughput.json is written"
+        "--policies",
+        type=A.list_of(A.one_of(POLICIES)),
+        default="random,top_prob,margin,entropy",
+        help="unmasking policies sampled",
     )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
+    p.add_argument(
+        "--threshold", type=A.threshold, default=0.9, help="confidence threshold decoding"
+    )
+    p.add_argument(
+        "--min-seconds",
+        type=A.positive_float,
+        default=2.0,
+        help="time each sampling setting ≥ this",
+    )
+    p.add_argument(
+        "--threads", type=A.nonnegative_int, default=0, help="torch threads (0: training.threads)"
+    )
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/bench-throughput",
+        help="where throughput.json is written",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        type=A.key_value,
+        metavar="KEY=VALUE",
+        help="config overrides (dot-list)",
+    )
     p.set_defaults(func=cmd_throughput)
 
     p = sub.add_parser(
@@ -241,16 +296,46 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("--task", help="task; picks the bundled config of that name (default sudoku)")
     p.add_argument("--config", help="YAML config file or bundled config name (default: the task's)")
-    p.add_argument("--digits", default="1,2,4", help="comma-separated digit counts ℓ")
-    p.add_argument("--steps", type=int, help="training steps per arm (sets training.steps)")
     p.add_argument(
-        "--time-steps", default="", help="ancestral steps T, comma-separated (default: length)"
+        "--digits",
+        type=A.list_of(A.positive_int),
+        default="1,2,4",
+        help="comma-separated digit counts ℓ",
     )
-    p.add_argument("--policy", default="random", help="unmasking policy of the ancestral decoder")
-    p.add_argument("--eval-examples", type=int, default=500, help="held-out examples evaluated")
-    p.add_argument("--nll-samples", type=int, default=4, help="mask draws for the NLL bound")
-    p.add_argument("--out-dir", default="runs/bench-prime", help="where prime.json is written")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
+    p.add_argument(
+        "--steps", type=A.positive_int, help="training steps per arm (sets training.steps)"
+    )
+    p.add_argument(
+        "--time-steps",
+        type=A.list_of(A.positive_int, allow_empty=True),
+        default="",
+        help="ancestral steps T, comma-separated (default: length)",
+    )
+    p.add_argument(
+        "--policy",
+        type=A.one_of(POLICIES),
+        default="random",
+        help="unmasking policy of the ancestral decoder",
+    )
+    p.add_argument(
+        "--eval-examples", type=A.positive_int, default=500, help="held-out examples evaluated"
+    )
+    p.add_argument(
+        "--nll-samples", type=A.positive_int, default=4, help="mask draws for the NLL bound"
+    )
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/bench-prime",
+        help="where prime.json is written",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        type=A.key_value,
+        metavar="KEY=VALUE",
+        help="config overrides (dot-list)",
+    )
     p.set_defaults(func=cmd_prime)
 
     p = sub.add_parser(
@@ -262,13 +347,31 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
             "alternating step by step, for several block sizes (math.yaml's model shape)."
         ),
     )
-    p.add_argument("--length", type=int, default=160, help="sequence length L")
-    p.add_argument("--block-sizes", default="4,16,40", help="block sizes S, each dividing L")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per step")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps per form and block size")
-    p.add_argument("--precision", default="bf16", help="fp32 or bf16 (autocast)")
-    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out-dir", default="runs/bench-blocks", help="where blocks.json is written")
+    p.add_argument("--length", type=A.positive_int, default=160, help="sequence length L")
+    p.add_argument(
+        "--block-sizes",
+        type=A.list_of(A.positive_int),
+        default="4,16,40",
+        help="block sizes S, each dividing L",
+    )
+    p.add_argument("--batch-size", type=A.positive_int, default=32, help="sequences per step")
+    p.add_argument(
+        "--repeats", type=A.positive_int, default=5, help="timed steps per form and block size"
+    )
+    p.add_argument(
+        "--precision", type=A.one_of(AUTOCASTS), default="bf16", help="fp32 or bf16 (autocast)"
+    )
+    p.add_argument(
+        "--device", type=A.device, default="auto", help="auto (cuda if present), cpu or cuda"
+    )
+    p.add_argument(
+        "--threads", type=A.nonnegative_int, default=0, help="torch threads (0: torch's default)"
+    )
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/bench-blocks",
+        help="where blocks.json is written",
+    )
     p.set_defaults(func=cmd_blocks)
     return bench

@@ -21,6 +21,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    from puma_mdm import arguments as A
     from puma_mdm.cli import add_trust_argument
 
     p = sub.add_parser(
@@ -31,8 +32,10 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
             "code, no network): AutoModelForMaskedLM.from_pretrained(OUT). Needs puma-mdm[hf]."
         ),
     )
-    p.add_argument("--model", required=True, help="model or run directory to export")
+    p.add_argument(
+        "--model", type=A.existing_path, required=True, help="model or run directory to export"
+    )
     p.add_argument("--to", required=True, choices=FORMATS, help="target format (hf: transformers)")
-    p.add_argument("out", metavar="OUT", help="output directory")
+    p.add_argument("out", type=A.output_dir, metavar="OUT", help="output directory")
     add_trust_argument(p)
     p.set_defaults(func=cmd_export)
