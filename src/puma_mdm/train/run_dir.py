@@ -75,6 +75,8 @@ class RunLock:
             os.close(self.fd)
             self.fd = None
 
+    __del__ = release  # a Trainer dropped without train() (the benchmarks) frees its directory
+
 
 def _present(run_dir: Path) -> list[str]:
     return sorted(p.name for p in Path(run_dir).iterdir() if p.name != LOCK_NAME)
