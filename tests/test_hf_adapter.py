@@ -76,16 +76,17 @@ def test_our_loss_on_an_hf_model_equals_the_computation_by_hand(tmp_path, arch, 
 def test_both_strategies_drive_the_toy_loss_down_on_an_hf_model(tmp_path, strategy):
     path = build("qwen2", tmp_path / "qwen2")  # a decoder, made bidirectional on load
     overrides = [*RUN, f"training.strategy={strategy}", "training.steps=250"]
-    cfg = load_config(None, [*overrides, f"model.hf_path={path}", f"logging.out_dir={tmp_path}"])
+    run = tmp_path / "run"
+    cfg = load_config(None, [*overrides, f"model.hf_path={path}", f"logging.out_dir={run}"])
     trainer = Trainer(cfg)
     assert isinstance(trainer.model, HFDenoiser)
     untrained = nll_bound(trainer.model, trainer.eval_set, trainer.task.mask_id, samples=4)
     trainer.train()
     trained = nll_bound(trainer.model, trainer.eval_set, trainer.task.mask_id, samples=4)
     assert trained < 0.8 * untrained, (untrained, trained)
-    saved = Transformer.from_pretrained(tmp_path / "model")  # the HF files + puma_hf.json
+    saved = Transformer.from_pretrained(run / "model")  # the HF files + puma_hf.json
     assert isinstance(saved, HFDenoiser)
-    assert json.loads((tmp_path / "model" / "puma_hf.json").read_text())["vocab_size"] == 10
+    assert json.loads((run / "model" / "puma_hf.json").read_text())["vocab_size"] == 10
     for a, b in zip(saved.parameters(), trainer.model.parameters(), strict=True):
         assert torch.equal(a, b)
 
