@@ -16,6 +16,7 @@ from puma_mdm.pretrained import load_trained
 from puma_mdm.train.checkpoint import STATE_NAME, checkpoint_dirs, load_checkpoint
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer
+from tiny import logged as records
 
 TINY = [
     "model.dim=32",
@@ -38,11 +39,6 @@ TINY = [
 
 def config(run: Path, *overrides: str):
     return load_config(bundled_config("sort"), [*TINY, f"logging.out_dir={run}", *overrides])
-
-
-def records(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
 
 
 def names(run: Path) -> list[str]:

@@ -4,7 +4,6 @@ The test launches this file as the worker script: every rank trains the same run
 parameters are all-gathered for the test to compare, and the run is then resumed from an
 earlier checkpoint through ``puma train --resume`` (which must reproduce it exactly)."""
 
-import json
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from puma_mdm.tasks import build_task
 from puma_mdm.train.checkpoint import STATE_NAME, checkpoint_path, load_checkpoint
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer
+from tiny import logged as records
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 STEPS = 30
@@ -62,11 +62,6 @@ def worker(out: Path) -> int:
         shutil.rmtree(checkpoint_path(resumed, STEPS))
     dist.barrier()
     return main(["train", "--resume", str(resumed)])
-
-
-def records(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
 
 
 def test_two_replicas_train_in_lockstep_and_resume_exactly(tmp_path):

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from puma_mdm.cli import main
 from puma_mdm.train.checkpoint import checkpoint_dirs
+from tiny import logged as records
 
 STEPS = 80
 # Tiny, but with every source of randomness and state switched on: dropout, EMA, gradient
@@ -43,12 +44,6 @@ TINY = [
 
 def puma_train(*args: str) -> list[str]:
     return [sys.executable, "-m", "puma_mdm.cli", "train", *args]
-
-
-def records(run) -> list[dict]:
-    """metrics.jsonl without the wall-clock throughput."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
 
 
 def last_step(run) -> int:

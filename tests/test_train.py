@@ -118,3 +118,34 @@ def test_compiled_training_follows_the_eager_run(tmp_path):
     assert len(runs[True]) == 2
     assert runs[True] == pytest.approx(runs[False], rel=1e-3)
     Transformer.from_pretrained(tmp_path / "True" / "model")
+
+
+def test_evaluations_log_training_seconds_and_extra_policies(tmp_path):
+    from puma_mdm.evaluate import evaluate
+
+    args = [
+        *TINY,
+        "training.steps=20",
+        "eval.every=10",
+        "eval.extra_policies=[top_prob,random]",
+        "checkpoint.every=10",
+        f"logging.out_dir={tmp_path}",
+    ]
+    trainer = Trainer(load_config(None, args))
+    trainer.train()
+    evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) if "eval/n" in r]
+    assert [r["step"] for r in evals] == [10, 20]
+    assert 0 < evals[0]["train_seconds"] < evals[1]["train_seconds"]
+    for policy in ("top_prob", "random"):
+        direct = evaluate(trainer.model, trainer.task, trainer.eval_set, policy=policy)
+        assert evals[1][f"eval/accuracy_{policy}"] == direct["accuracy"]
+    # the training clock is part of the checkpoint: a resumed run continues it
+    resumed = Trainer(load_config(None, [*args, "training.steps=30"]), resume=True)
+    assert resumed.train_seconds == pytest.approx(evals[1]["train_seconds"], abs=1e-3)
+
+
+def test_extra_policies_are_validated():
+    with pytest.raises(ConfigError, match="extra_policies"):
+        load_config(None, ["eval.extra_policies=[bogus]"])
+    with pytest.raises(ConfigError, match="extra_policies"):
+        load_config(None, ["eval.policy=margin", "eval.extra_policies=[margin]"])

@@ -20,3 +20,14 @@ TINY_RUN = [
     "logging.log_every=10",
     "checkpoint.every=0",
 ]
+
+# metrics.jsonl entries that measure the machine, not the run (they differ between equal runs)
+WALL_CLOCK = ("tokens_per_s", "train_seconds")
+
+
+def logged(run) -> list[dict]:
+    """A run's metrics.jsonl records without their wall-clock entries."""
+    import json
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]

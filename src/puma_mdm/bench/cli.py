@@ -33,6 +33,8 @@ def cmd_speedup(args: argparse.Namespace) -> int:
     from puma_mdm.bench.speedup import DEFAULT_TARGETS, merge_reports, run_speedup
 
     targets = args.targets
+    if args.grid or args.resume or (args.merge and is_study(args.merge[0])):
+        return cmd_study(args)
     if args.merge:
         merge_reports(args.merge, args.out_dir, targets)
         return 0
@@ -50,6 +52,37 @@ def cmd_speedup(args: argparse.Namespace) -> int:
         eval_examples=args.eval_examples,
         targets=DEFAULT_TARGETS if targets is None else targets,
     )
+    return 0
+
+
+def is_study(path: str) -> bool:
+    return (Path(path) / "study.json").is_file()
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """``--grid`` / ``--resume`` / ``--merge`` of study directories (bench/study.py)."""
+    from puma_mdm.bench.study import resume_study, run_study, write_summary
+
+    if args.merge:
+        not_studies = [d for d in args.merge if not is_study(d)]
+        if not_studies:
+            raise PumaError(
+                f"--merge: {not_studies[0]} holds no study.json (mixing study "
+                "directories with speedup.json reports is not supported)"
+            )
+        write_summary(args.merge, args.out_dir)
+        return 0
+    if args.overrides or args.config or args.task:
+        raise PumaError(
+            "--grid/--resume take their settings from the study file; put "
+            "overrides into its `common` list instead of the command line"
+        )
+    if args.resume:
+        resume_study(args.resume, jobs=args.jobs)
+        return 0
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    regimes = args.regimes or None
+    run_study(args.grid, args.out_dir, seeds, jobs=args.jobs, regimes=regimes)
     return 0
 
 
@@ -176,6 +209,26 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         metavar="REPORT",
         help="instead of training, pool the complete seeds of these speedup.json files "
         "(or run directories) into --out-dir",
+    )
+    p.add_argument(
+        "--grid",
+        metavar="STUDY",
+        help="run a study: a grid of regimes (a YAML file or a bundled study, e.g. "
+        "sudoku-regimes), each arm a resumable `puma train` run; writes summary.json",
+    )
+    p.add_argument(
+        "--resume",
+        type=A.existing_path,
+        metavar="DIR",
+        help="continue the study in DIR after a stop",
+    )
+    p.add_argument(
+        "--regimes",
+        type=A.list_of(A.utf8_text),
+        help="with --grid: only these regimes (comma-separated)",
+    )
+    p.add_argument(
+        "--jobs", type=A.positive_int, default=1, help="with --grid: arms trained at once"
     )
     p.add_argument(
         "--eval-every", type=A.positive_int, default=250, help="steps between evaluations"

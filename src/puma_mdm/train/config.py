@@ -57,6 +57,9 @@ class PumaSection:
     k_schedule: list[list[int]] = field(default_factory=lambda: [[8, 0]])  # [[K, from_step], ...]
     mode: str = "standard"  # standard | confidence_collapse
     tau: float = 0.9  # confidence_collapse threshold
+    # mixed batch: this share of each batch is fresh random masks, the rest the pool
+    # (masking/mixed.py); 0 = the pure PUMA pool
+    fresh_fraction: float = 0.0
 
 
 @dataclass
@@ -88,7 +91,8 @@ class TrainingSection:
 class EvalSection:
     every: int = 250  # steps between evaluations (0 = only at the end)
     examples: int = 200  # held-out examples evaluated
-    policy: str = "margin"
+    policy: str = "margin"  # the decoder behind eval/accuracy (and best/)
+    extra_policies: list[str] = field(default_factory=list)  # also logged: eval/accuracy_<p>
     k: int = 1
     batch_size: int = 256
 
@@ -245,6 +249,15 @@ def validate(cfg: Config) -> None:
         cfg.model.prime.loss in ("joint", "marginal"),
         f"model.prime.loss: {cfg.model.prime.loss!r} is not joint or marginal",
     )
+    need(
+        0 <= t.puma.fresh_fraction < 1,
+        f"training.puma.fresh_fraction must be in [0, 1), got {t.puma.fresh_fraction}",
+    )
+    need(
+        t.puma.fresh_fraction == 0 or (t.block_size == 0 and cfg.model.prime.digits == 0),
+        "training.puma.fresh_fraction (a mixed batch) is for full-sequence models; set it to 0 "
+        "with training.block_size or model.prime",
+    )
     need(t.block_size >= 0, f"training.block_size must be ≥ 0, got {t.block_size}")
     special = {
         "training.block_size": t.block_size > 0,
@@ -260,6 +273,12 @@ def validate(cfg: Config) -> None:
         "initialisation, MDM-Prime and Hugging Face networks are separate model kinds",
     )
     need(e.policy in POLICIES, f"eval.policy: {e.policy!r} is not one of {sorted(POLICIES)}")
+    for extra in e.extra_policies:
+        need(
+            extra in POLICIES and extra != e.policy,
+            f"eval.extra_policies: {extra!r} is not one of {sorted(POLICIES)} other than "
+            f"eval.policy={e.policy!r}",
+        )
     need(e.k >= 1, f"eval.k must be ≥ 1, got {e.k}")
     need(e.examples >= 1, f"eval.examples must be ≥ 1, got {e.examples}")
     need(e.every >= 0, f"eval.every must be ≥ 0 (0 = only at the end), got {e.every}")

@@ -41,6 +41,7 @@ from puma_mdm.masking import (
     RandomMasking,
     block_logits,
 )
+from puma_mdm.masking.mixed import MixedBatch, split_rows
 from puma_mdm.model import ModelConfig, Transformer
 from puma_mdm.pretrained import TASK_FILE
 from puma_mdm.prime.evaluate import prime_nll_bound
@@ -205,6 +206,7 @@ class Trainer:
         self.best_accuracy = -math.inf  # best score(): accuracy, or −NLL without accuracy
         self.skipped = 0
         self.sequences_seen = 0  # by all ranks, counted in train_step
+        self.train_seconds = 0.0  # wall-clock inside training steps (evaluation excluded)
         self.stop_requested = False  # a stop signal reached some rank (agreed every step)
         self._stop_signal: int | None = None
         self.resumed = resume
@@ -242,9 +244,10 @@ class Trainer:
                 self.stream, t.batch_size, mask_id, seed, t.loss_form, self.device
             )
         else:
+            pool_rows, fresh_rows = split_rows(t.batch_size, t.puma.fresh_fraction)
             process = ProgressivePool(
                 self.stream,
-                t.batch_size,
+                pool_rows,
                 mask_id,
                 k_schedule=t.puma.k_schedule,
                 mode=t.puma.mode,
@@ -252,6 +255,11 @@ class Trainer:
                 seed=seed,
                 device=self.device,
             )
+            if fresh_rows:
+                fresh = RandomMasking(
+                    self.stream, fresh_rows, mask_id, seed + 1, t.loss_form, self.device
+                )
+                process = MixedBatch(process, fresh)
         return process if self.codec is None else DigitProcess(process, self.codec)
 
     def _resume(self) -> None:
@@ -283,6 +291,7 @@ class Trainer:
         self.step = int(state["step"])
         self.best_accuracy = float(state["best_accuracy"])
         self.skipped = int(state["skipped"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         if self.dist.is_main:
             self._truncate_log()
 
@@ -389,16 +398,21 @@ class Trainer:
         n = len(share)
         sums = {}
         if self.task.scores_outputs:  # text corpora are judged by likelihood alone
-            local = evaluate(
-                model,
-                self.task,
-                share,
-                policy=e.policy,
-                k=e.k,
-                batch_size=e.batch_size,
-                autocast_dtype=self.amp,
-            )
-            sums = {"accuracy": local["accuracy"] * n, "nfe": local["nfe"] * n}
+            for policy in (e.policy, *e.extra_policies):
+                local = evaluate(
+                    model,
+                    self.task,
+                    share,
+                    policy=policy,
+                    k=e.k,
+                    batch_size=e.batch_size,
+                    autocast_dtype=self.amp,
+                )
+                suffix = "" if policy == e.policy else f"_{policy}"
+                sums |= {
+                    f"accuracy{suffix}": local["accuracy"] * n,
+                    f"nfe{suffix}": local["nfe"] * n,
+                }
         if self.codec is None:
             nlls = {"nll": nll_bound(model, share, self.task.mask_id, batch_size=e.batch_size)}
         else:  # the digit-marginal bound, and the joint form (not a bound) beside it
@@ -407,7 +421,9 @@ class Trainer:
         total, *values = self.dist.all_sum([n, *sums.values()])
         metrics = {key: value / total for key, value in zip(sums, values, strict=True)}
         if "accuracy" in metrics:
-            metrics["accuracy"] = round(metrics["accuracy"] * total) / total  # a count
+            for key in metrics:
+                if key.startswith("accuracy"):
+                    metrics[key] = round(metrics[key] * total) / total  # a count
         else:
             metrics["perplexity"] = math.exp(metrics["nll"])
         return {**metrics, "n": int(total)}
@@ -438,6 +454,7 @@ class Trainer:
             "ranks": self.dist.gather(self.rank_state()),
             "best_accuracy": self.best_accuracy,
             "skipped": self.skipped,
+            "train_seconds": self.train_seconds,
         }
         if self.ema is not None:
             state["ema"] = [e.cpu() for e in self.ema]
@@ -501,7 +518,9 @@ class Trainer:
         tick = time.perf_counter()
         try:
             while self.step < t.steps:
+                start = time.perf_counter()
                 loss = self.train_step()
+                self.train_seconds += time.perf_counter() - start
                 self.step += 1
                 bar.update(1)
                 if loss is not None and (self.step % cfg.logging.log_every == 0):
@@ -549,7 +568,9 @@ class Trainer:
         """Evaluate (on every rank) and, on rank 0, log and update ``best/``."""
         metrics = self.run_eval()
         log.write(
-            self.step, {f"eval/{k}": v for k, v in metrics.items()} | {"skipped": self.skipped}
+            self.step,
+            {f"eval/{k}": v for k, v in metrics.items()}
+            | {"skipped": self.skipped, "train_seconds": round(self.train_seconds, 3)},
         )
         if score(metrics) > self.best_accuracy:
             self.best_accuracy = score(metrics)
