@@ -198,7 +198,7 @@ def test_resume_refuses_a_different_model_shape(finished_run, capsys):
         err = cli_error(capsys, "--resume", str(finished_run), override)
         assert f"cannot resume {finished_run} with {says}" in err
     for flag in ("--out-dir", "--config", "--data"):
-        err = cli_error(capsys, "--resume", str(finished_run), flag, "x")
+        err = cli_error(capsys, "--resume", str(finished_run), flag, str(finished_run))
         assert f"{flag} cannot be used with --resume" in err
     assert names(finished_run) == ["step-00000005", "step-00000010"]  # untouched
     assert (finished_run / "config.yaml").read_text() == before

@@ -242,10 +242,7 @@ def files(tmp_path) -> Path:
 
 def run(argv: list[str], capsys) -> str:
     """Run ``puma ARGV``; assert exit 2 with one ``error:`` line; return that line."""
-    try:
-        code = main(argv)
-    except SystemExit as stop:  # argparse
-        code = stop.code
+    code = main(argv)
     out = capsys.readouterr()
     lines = [line for line in out.err.splitlines() if line.strip()]
     assert code == 2, (argv, out.err[-2000:])

@@ -81,7 +81,6 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "--model",
-        type=A.existing_path,
         default=str(default_model()),
         help="model or run directory (default: the shipped Sudoku model)",
     )
@@ -269,14 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tokenizer",
-        type=A.existing_path,
         metavar="DIR",
         help="text and math tasks: a saved Hugging Face tokenizer directory (or tokenizer.json): "
         "sets task.options.tokenizer",
     )
     p.add_argument(
         "--resume",
-        type=A.existing_path,
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its latest checkpoint",
     )
@@ -358,7 +355,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("puzzle", type=A.utf8_text, help="the puzzle text, or a file of puzzles")
     p.add_argument(
         "--model",
-        type=A.existing_path,
         default=str(default_model()),
         help="model directory (default: the shipped Sudoku model)",
     )
@@ -404,7 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from puma_mdm.train.trainer import TrainingInterrupted
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad option (one `error:` line already printed)
+        return int(stop.code or 0)
     try:
         return args.func(args)
     except PumaError as err:

@@ -152,7 +152,7 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
             "every network call, still-masked tokens as ▒."
         ),
     )
-    p.add_argument("--model", type=A.existing_path, required=True, help="model or run directory")
+    p.add_argument("--model", required=True, help="model or run directory")
     p.add_argument(
         "--prompt", type=A.utf8_text, help="text to continue (a math model: the question)"
     )

@@ -32,9 +32,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
             "code, no network): AutoModelForMaskedLM.from_pretrained(OUT). Needs puma-mdm[hf]."
         ),
     )
-    p.add_argument(
-        "--model", type=A.existing_path, required=True, help="model or run directory to export"
-    )
+    p.add_argument("--model", required=True, help="model or run directory to export")
     p.add_argument("--to", required=True, choices=FORMATS, help="target format (hf: transformers)")
     p.add_argument("out", type=A.output_dir, metavar="OUT", help="output directory")
     add_trust_argument(p)
