@@ -300,3 +300,52 @@ def test_bench_parser_has_every_command():
     assert args.sample_batches == [1, 4] and args.train_steps == 5
     args = parser.parse_args(["bench", "blocks", "--block-sizes", "4,8", "--precision", "fp32"])
     assert (args.block_sizes, args.precision, args.length) == ([4, 8], "fp32", 160)
+
+
+def fake_training_run(directory, strategy, seed, accuracies, **config):
+    """A `puma train` run directory: its config.yaml and evaluations every 100 steps."""
+    from puma_mdm.train.config import to_yaml
+
+    overrides = [f"training.strategy={strategy}", f"training.seed={seed}", "eval.every=100"]
+    overrides += [f"{k}={v}" for k, v in config.items()]
+    cfg = load_config(bundled_config("sort"), overrides)
+    directory.mkdir(parents=True)
+    (directory / "config.yaml").write_text(to_yaml(cfg))
+    lines = [{"step": 50, "loss": 1.0, "train_seconds": 5.0}]
+    lines += [
+        {
+            "step": 100 * (i + 1),
+            "eval/accuracy": a,
+            "eval/nll": 1 - a,
+            "train_seconds": 10.0 * (i + 1),
+        }
+        for i, a in enumerate(accuracies)
+    ]
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return directory
+
+
+def test_training_runs_of_both_arms_merge_into_a_speedup_report(tmp_path, capsys):
+    from puma_mdm.bench.speedup import merge_reports
+
+    runs = [
+        fake_training_run(tmp_path / "std0", "standard", 0, [0.1, 0.3, 0.5, 0.6]),
+        fake_training_run(tmp_path / "puma0", "progressive", 0, [0.2, 0.5, 0.6, 0.7]),
+        fake_training_run(tmp_path / "std1", "standard", 1, [0.1, 0.2, 0.3, 0.5]),
+        fake_training_run(tmp_path / "puma1", "progressive", 1, [0.3, 0.5, 0.6, 0.6]),
+        fake_training_run(tmp_path / "std2", "standard", 2, [0.1, 0.2, 0.3, 0.4]),  # alone
+    ]
+    merged = merge_reports(runs, tmp_path / "out", targets=[0.5])
+    assert merged["settings"]["seeds"] == [0, 1]
+    assert merged["skipped"] == [{"file": "(puma train runs)", "seed": 2}]
+    row = merged["summary"]["targets"]["0.5"]
+    # seed 0: 300 vs 200 steps, seed 1: 400 vs 200 steps; medians 350 and 200
+    assert row["standard"]["median_steps"] == 350 and row["progressive"]["median_steps"] == 200
+    assert row["speedup_steps"] == pytest.approx(1.75)
+    assert row["speedup_seconds"] == pytest.approx(1.75)  # train_seconds: 10 s per 100 steps
+    assert (tmp_path / "out" / "speedup.json").is_file()
+    assert (tmp_path / "out" / "speedup.png").is_file()
+
+    other = fake_training_run(tmp_path / "lr", "progressive", 2, [0.5], **{"training.lr": 0.5})
+    with pytest.raises(PumaError, match=r"configs differ in \['training'\]"):
+        merge_reports([*runs, other], tmp_path / "out2")

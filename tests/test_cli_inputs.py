@@ -23,6 +23,7 @@ BASE = {
     "train": ["--config", "sort", "--out-dir", "{tmp}/run", *TINY_RUN, "training.steps=1"],
     "solve": [PUZZLE],
     "sample": ["--model", MODEL],
+    "prepare": ["--config", "sort"],
     "export": ["--model", MODEL, "--to", "hf", "{tmp}/exported"],
 }
 # (command, option or positional) → bad values
@@ -33,6 +34,8 @@ BAD = {
     ("train", "--tokenizer"): ["{tmp}/nope"],
     ("train", "--resume"): ["{tmp}/nope"],
     ("train", "overrides"): ["notkeyvalue", "=3"],
+    ("prepare", "--config"): ["no-such-config", "{tmp}/broken.yaml"],
+    ("prepare", "overrides"): ["notkeyvalue", "task.name=bogus"],
     ("eval", "--model"): ["{tmp}/nope"],
     ("eval", "--task"): ["bogus"],
     ("eval", "--data"): ["{tmp}/nope.txt"],
@@ -165,6 +168,7 @@ BAD_CONFIG = {
     "training.ema": "1",
     "training.seed": "abc",
     "training.device": "tpu",
+    "training.parallel": "bogus",
     "training.autocast": "bf32",
     "training.compile": "maybe",
     "training.threads": "-1",

@@ -75,6 +75,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Tokenize a task's training file once into memory-mapped shards (prepared.py)."""
+    import resource
+
+    from puma_mdm.tasks import build_task
+    from puma_mdm.train.config import load_config
+
+    cfg = load_config(config_path(args.config), list(args.overrides))
+    task = build_task(cfg.task.name, cfg.task.options)
+    manifest = task.prepare(force=args.force)
+    rate = manifest["rows"] / manifest["seconds"]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(
+        f"{manifest['directory']}: {manifest['rows']} rows in {len(manifest['shards'])} shards, "
+        f"{manifest['skipped']} skipped (longer than seq_len {manifest['seq_len']}); "
+        f"{manifest['seconds']:.1f} s, {rate:.0f} problems/s; peak memory {peak_mb:.0f} MB "
+        f"(this process), {workers_mb:.0f} MB (largest worker)"
+    )
+    return 0
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--model`` (a trained model or run directory) and ``--task`` (default: its own)."""
     from puma_mdm.tasks import TASKS
@@ -284,6 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_overrides_argument(p, "config overrides (dot-list)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "prepare",
+        help="tokenize a task's training file once into memory-mapped shards",
+        description=(
+            "Tokenize the training file of a config's task (tinygsm) in parallel into shards "
+            "that training streams per rank (task.options.prepared, default TRAIN_DATA.prepared; "
+            "task.options.workers processes). `puma train` prepares them itself when missing."
+        ),
+    )
+    p.add_argument("--config", required=True, help="YAML config file or bundled config name")
+    p.add_argument("--force", action="store_true", help="replace shards that are already there")
+    add_overrides_argument(p, "config overrides (dot-list)")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
         "eval",

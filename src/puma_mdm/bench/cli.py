@@ -208,7 +208,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         type=A.existing_path,
         metavar="REPORT",
         help="instead of training, pool the complete seeds of these speedup.json files "
-        "(or run directories) into --out-dir",
+        "(or their directories), or of `puma train` run directories (each one arm of one "
+        "seed, e.g. the two arms of docs/paper-scale.md), into --out-dir",
     )
     p.add_argument(
         "--grid",

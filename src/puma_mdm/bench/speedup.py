@@ -24,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from omegaconf import OmegaConf
 
 from puma_mdm.bench.common import machine_info, sync
 from puma_mdm.errors import PumaError
@@ -263,7 +264,7 @@ class Arm:
 
     def evaluate(self) -> dict:
         start = time.perf_counter()
-        metrics = self.trainer.run_eval()
+        metrics = self.trainer.run_eval(self.trainer.eval_model())
         elapsed = time.perf_counter() - start
         self.eval_seconds += elapsed
         point = {
@@ -440,6 +441,81 @@ def run_speedup(
 MERGE_KEYS = ("config", "overrides", "steps", "budget_minutes", "eval_every", "eval_examples")
 
 
+def training_curve(run: Path) -> list[dict]:
+    """The evaluations of a ``puma train`` run directory as a curve: step, training seconds
+    (``train_seconds``: the steps' wall-clock, evaluation and saving excluded), accuracy and
+    the NLL bound."""
+    path = run / "metrics.jsonl"
+    curve = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise PumaError(f"{path}: line {lineno} is not JSON") from None
+        if "eval/accuracy" in row:
+            curve.append(
+                {
+                    "step": row["step"],
+                    "seconds": row.get("train_seconds", 0.0),
+                    "accuracy": row["eval/accuracy"],
+                    "nll": row["eval/nll"],
+                }
+            )
+    if not curve:
+        raise PumaError(f"{path} has no evaluation with an accuracy (eval.every too large?)")
+    return curve
+
+
+def report_from_training_runs(runs: Sequence[Path]) -> dict:
+    """A speedup report from ``puma train`` run directories, each one arm (its
+    ``training.strategy``) of one seed (its ``training.seed``): e.g. the two arms of the
+    paper-scale run, trained as separate cluster jobs. Apart from the strategy, the seed and
+    the logging section, their configs must agree; a seed with one arm is incomplete."""
+    by_seed: dict[int, dict[str, list[dict]]] = {}
+    reference, first = None, None
+    for run in runs:
+        cfg = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+        training = cfg["training"]
+        arm, seed = training.pop("strategy"), training.pop("seed")
+        if arm not in ARMS:
+            raise PumaError(f"{run}: training.strategy={arm} is not one of {ARMS}")
+        cfg.pop("logging", None)
+        if reference is None:
+            reference, first = cfg, run
+        elif cfg != reference:
+            differ = sorted(k for k in cfg if cfg[k] != reference.get(k))
+            raise PumaError(f"cannot merge {run} with {first}: their configs differ in {differ}")
+        if arm in by_seed.setdefault(seed, {}):
+            raise PumaError(f"{run}: seed {seed} of the {arm} arm appears twice")
+        by_seed[seed][arm] = training_curve(run)
+    settings = {
+        "config": "puma train runs",
+        "overrides": [],
+        "steps": reference["training"]["steps"],
+        "budget_minutes": None,
+        "eval_every": reference["eval"]["every"],
+        "eval_examples": reference["eval"]["examples"],
+        "targets": list(DEFAULT_TARGETS),
+    }
+    complete = {seed for seed, arms in by_seed.items() if set(arms) == set(ARMS)}
+    return {
+        "benchmark": "speedup",
+        "settings": settings,
+        "config": reference,
+        "runs": [
+            {
+                "seed": seed,
+                "complete": seed in complete,
+                "arms": {arm: {"curve": curve} for arm, curve in arms.items()},
+                **(
+                    {"result": seed_result(arms, list(DEFAULT_TARGETS))} if seed in complete else {}
+                ),
+            }
+            for seed, arms in sorted(by_seed.items())
+        ],
+    }
+
+
 def merge_reports(
     paths: Sequence[str | Path], out_dir: str | Path, targets: Sequence[float] | None = None
 ) -> dict:
@@ -454,14 +530,19 @@ def merge_reports(
     if targets is not None:
         targets = sorted(targets)
         check_targets(targets)
-    reports = []
+    reports, training_runs = [], []
     for path in paths:
         path = Path(path)
+        if (path / "metrics.jsonl").is_file() and (path / "config.yaml").is_file():
+            training_runs.append(path)  # a `puma train` run: one arm of one seed
+            continue
         path = path / "speedup.json" if path.is_dir() else path
         try:
             reports.append((path, json.loads(path.read_text())))
         except (OSError, json.JSONDecodeError) as err:
             raise PumaError(f"cannot read speedup report {path}: {err}") from err
+    if training_runs:
+        reports.append((Path("(puma train runs)"), report_from_training_runs(training_runs)))
     first_path, first = reports[0]
     run_targets = first["settings"]["targets"]
     runs, seen, skipped = [], set(), []

@@ -149,6 +149,10 @@ def measure_training(
                 "step_seconds": [round(t, 5) for t, _ in times[name]],
             }
         )
+        if trainer.device.type == "cuda":  # the peak of every setting timed so far
+            rows[-1]["cuda_peak_memory_mb"] = (
+                torch.cuda.max_memory_allocated(trainer.device) / 2**20
+            )
     if "fp32" in trainers:
         fp32 = rows[list(trainers).index("fp32")]["seconds_per_step"]
         for row in rows:

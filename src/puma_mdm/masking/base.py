@@ -62,9 +62,17 @@ def pick_top(scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) 
 
 
 def random_scores(shape: torch.Size, generator: torch.Generator, device: torch.device):
-    """Uniform scores drawn on the CPU generator (bit-reproducible on any device)."""
-    return torch.rand(shape, generator=generator).to(device)
+    """Uniform scores drawn on ``generator``'s device (a CPU generator: bit-reproducible on
+    any device), moved to ``device``."""
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
-def generator_from(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def generator_from(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device).manual_seed(seed)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to a GPU through pinned memory, without blocking."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from puma_mdm.masking.base import Batch, check_mask_id, pick_top, random_scores
+from puma_mdm.masking.base import Batch, pick_top, random_scores
 from puma_mdm.masking.progressive import KSchedule, ProgressivePool
 from puma_mdm.masking.random import FORMS, mask_continuous, mask_count
 from puma_mdm.masking.stream import ExampleStream
@@ -124,8 +124,8 @@ class BlockMasking:
     ) -> None:
         if form not in FORMS:
             raise ValueError(f"unknown random-masking form {form!r}; choose one of {FORMS}")
-        check_blocks(stream.x0.shape[1], block_size)
-        check_mask_id(stream.x0, mask_id)
+        check_blocks(stream.seq_len, block_size)
+        stream.check_mask_id(mask_id)
         self.stream, self.batch_size, self.mask_id = stream, batch_size, mask_id
         self.block_size, self.form, self.device = block_size, form, torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
@@ -165,7 +165,7 @@ class BlockPool(ProgressivePool):
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__(stream, batch_size, mask_id, k_schedule, mode, tau, seed, device)
-        check_blocks(stream.x0.shape[1], block_size)
+        check_blocks(stream.seq_len, block_size)
         self.block_size = block_size
 
     def _blocks(self, t: torch.Tensor) -> torch.Tensor:
@@ -185,7 +185,7 @@ class BlockPool(ProgressivePool):
         self.x_t[rows] = torch.where(shown | prompt, x0, self.mask_id)
 
     def _rebuild(self, k: int) -> None:
-        B, L = self.batch_size, self.stream.x0.shape[1]
+        B, L = self.batch_size, self.stream.seq_len
         self.K = k
         self.x0 = torch.zeros(B, L, dtype=torch.long, device=self.device)
         self.x_t = torch.zeros_like(self.x0)

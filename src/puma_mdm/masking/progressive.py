@@ -8,6 +8,17 @@ forward's (detached) logits: it reveals the ``u(next) − #unmasked`` masked pos
 model is most confident about (highest max-probability), writing the ground truth ``x0``
 there. Sequences whose phase wraps to 0 retire and are replaced from the data stream. So
 the model trains on the masks its own confidence-ordered decoder will meet.
+
+**Without host–device synchronisation** (``sync_free``, the default on CUDA): how many
+sequences retire is known only on the device, so instead of asking the stream for exactly
+that many, the pool keeps the stream's next ``2B`` rows on the device in a ring and a device
+counter ``head`` of how many it has used; retiring rows take ring rows ``head, head+1, ...``
+in row order (a cumulative sum, no ``nonzero``), and fresh masks and stage targets are drawn
+for all ``B`` rows on the device's generator and kept where a row retired. Before each
+update the ring is topped up from the previous update's ``head``, copied to the host without
+blocking one step earlier (the trainer reads the loss in between, so it has long arrived).
+Sequences enter in the same stream order as on the exact path, but the random draws differ,
+so the two paths are not bit-identical; the CPU default is the exact path.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from puma_mdm.masking.base import Batch, check_mask_id, generator_from, pick_top, random_scores
+from puma_mdm.masking.base import Batch, generator_from, pick_top, random_scores, to_device
 from puma_mdm.masking.stream import ExampleStream
 
 MODES = ("standard", "confidence_collapse")
@@ -58,27 +69,40 @@ class ProgressivePool:
         tau: float = 0.9,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        sync_free: bool | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown PUMA mode {mode!r}; choose one of {MODES}")
         if not 0.0 < tau <= 1.0:
             raise ValueError(f"confidence_collapse threshold tau must be in (0, 1], got {tau}")
-        check_mask_id(stream.x0, mask_id)
+        stream.check_mask_id(mask_id)
         self.stream, self.batch_size, self.mask_id = stream, batch_size, mask_id
         self.schedule = k_schedule if isinstance(k_schedule, KSchedule) else KSchedule(k_schedule)
         self.mode, self.tau, self.device = mode, tau, torch.device(device)
-        self.generator = generator_from(seed)
+        self.sync_free = self.device.type == "cuda" if sync_free is None else sync_free
+        self.generator = generator_from(seed, self.device if self.sync_free else "cpu")
         self.K = 0  # set by _rebuild on the first batch()
         self.x0 = self.x_t = self.prompt_mask = self.phase = torch.empty(0)
         self.retired = 0
+        if self.sync_free:
+            R, L = 2 * batch_size, stream.seq_len
+            self.ring_x0 = torch.zeros(R, L, dtype=torch.long, device=self.device)
+            self.ring_prompt = torch.zeros(R, L, dtype=torch.bool, device=self.device)
+            self.head = torch.zeros((), dtype=torch.long, device=self.device)  # ring rows used
+            self.retired = torch.zeros((), dtype=torch.long, device=self.device)
+            pinned = self.device.type == "cuda"
+            self._head_seen = torch.zeros((), dtype=torch.long, pin_memory=pinned)
+            self._head_event = torch.cuda.Event() if pinned else None
+            self.filled = 0  # rows ever loaded into the ring (host)
 
     # -- stage arithmetic ------------------------------------------------------------------
     def _target_unmasked(self, phase: torch.Tensor, l_eff: torch.Tensor) -> torch.Tensor:
         """u = min(round(r·L_eff), max(L_eff−1, 1)) with r ~ U[phase/K, (phase+1)/K)."""
-        u01 = torch.rand(len(phase), generator=self.generator, dtype=torch.float64)
-        r = (phase.double().cpu() + u01) / self.K
-        u = torch.round(r * l_eff.double().cpu()).long()
-        return torch.minimum(u, (l_eff.cpu() - 1).clamp(min=1)).to(self.device)
+        at = self.generator.device
+        u01 = torch.rand(len(phase), generator=self.generator, dtype=torch.float64, device=at)
+        r = (phase.double().to(at) + u01) / self.K
+        u = torch.round(r * l_eff.double().to(at)).long()
+        return torch.minimum(u, (l_eff.to(at) - 1).clamp(min=1)).to(self.device)
 
     def _fill(self, rows: torch.Tensor, phase: torch.Tensor) -> None:
         """Load fresh sequences into ``rows`` at ``phase``, randomly unmasked for that stage."""
@@ -89,16 +113,56 @@ class ProgressivePool:
         self.x0[rows], self.prompt_mask[rows], self.phase[rows] = x0, prompt, phase
         self.x_t[rows] = torch.where(shown | prompt, x0, self.mask_id)
 
+    def _top_up(self) -> None:
+        """Sync-free path: load stream rows into the ring until it holds ``2B`` unused rows
+        beyond the last update's ``head``."""
+        if self._head_event is not None:
+            self._head_event.synchronize()  # recorded one update ago: already complete
+        need = int(self._head_seen) + len(self.ring_x0) - self.filled
+        if need <= 0:
+            return
+        x0, prompt = self.stream.take(need)
+        slots = to_device((torch.arange(need) + self.filled) % len(self.ring_x0), self.device)
+        self.ring_x0.index_copy_(0, slots, to_device(x0, self.device))
+        self.ring_prompt.index_copy_(0, slots, to_device(prompt, self.device))
+        self.filled += need
+
+    def _replace(self, done: torch.Tensor, phase: torch.Tensor) -> None:
+        """Sync-free path: rows where ``done`` take the next ring rows, at ``phase``."""
+        slot = (self.head + done.long().cumsum(0) - 1) % len(self.ring_x0)
+        x0, prompt = self.ring_x0[slot], self.ring_prompt[slot]
+        free = ~prompt
+        u = self._target_unmasked(phase, free.sum(1))
+        shown = pick_top(random_scores(x0.shape, self.generator, self.device), free, u)
+        rows = done.unsqueeze(1)
+        self.x0 = torch.where(rows, x0, self.x0)
+        self.prompt_mask = torch.where(rows, prompt, self.prompt_mask)
+        self.x_t = torch.where(rows, torch.where(shown | prompt, x0, self.mask_id), self.x_t)
+        self.phase = torch.where(done, phase, self.phase)
+        used = done.sum()
+        self.head += used
+        self.retired += used
+        self._head_seen.copy_(self.head, non_blocking=self._head_event is not None)
+        if self._head_event is not None:
+            self._head_event.record()
+
     def _rebuild(self, k: int) -> None:
         """(Re)start the pool with ``k`` stages: fresh sequences, phases spread evenly."""
         self.K = k
         B = self.batch_size
-        L = self.stream.x0.shape[1]
+        L = self.stream.seq_len
         self.x0 = torch.zeros(B, L, dtype=torch.long, device=self.device)
         self.x_t = torch.zeros_like(self.x0)
         self.prompt_mask = torch.zeros(B, L, dtype=torch.bool, device=self.device)
         self.phase = torch.zeros(B, dtype=torch.long, device=self.device)
         spread = torch.arange(B) * k // B
+        if self.sync_free:
+            perm = torch.randperm(B, generator=self.generator, device=self.device)
+            self._top_up()
+            all_rows = torch.ones(B, dtype=torch.bool, device=self.device)
+            self._replace(all_rows, to_device(spread, self.device)[perm])
+            self.retired -= B  # a rebuild retires nothing
+            return
         phase = spread[torch.randperm(B, generator=self.generator)].to(self.device)
         self._fill(torch.arange(B, device=self.device), phase)
 
@@ -114,6 +178,8 @@ class ProgressivePool:
     @torch.no_grad()
     def update(self, logits: torch.Tensor) -> None:
         """Advance every sequence one phase using the logits of the batch just trained on."""
+        if self.sync_free:
+            self._top_up()
         masked = (self.x_t == self.mask_id) & ~self.prompt_mask
         confidence = logits.detach().float().softmax(-1).amax(-1)
         nxt = (self.phase + 1) % self.K
@@ -132,26 +198,48 @@ class ProgressivePool:
             bucket = (fraction * self.K).floor().long().clamp(max=self.K - 1)
             self.phase = torch.where(stay, torch.maximum(self.phase, bucket), self.phase)
             stay &= still_masked > 0  # fully revealed sequences have nothing left to teach
+        if self.sync_free:
+            self._replace(~stay, torch.zeros_like(self.phase))
+            return
         done = (~stay).nonzero().flatten()
         if len(done):
             self.retired += len(done)
             self._fill(done, torch.zeros(len(done), dtype=torch.long, device=self.device))
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "K": self.K,
             "x0": self.x0.cpu(),
             "x_t": self.x_t.cpu(),
             "prompt_mask": self.prompt_mask.cpu(),
             "phase": self.phase.cpu(),
-            "retired": self.retired,
+            "retired": int(self.retired),
             "rng": self.generator.get_state(),
             "stream": self.stream.state_dict(),
         }
+        if self.sync_free:
+            state["ring"] = {
+                "x0": self.ring_x0.cpu(),
+                "prompt_mask": self.ring_prompt.cpu(),
+                "head": int(self.head),
+                "filled": self.filled,
+            }
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.K, self.retired = int(state["K"]), int(state["retired"])
+        self.K = int(state["K"])
         for name in ("x0", "x_t", "prompt_mask", "phase"):
             setattr(self, name, state[name].to(self.device))
         self.generator.set_state(state["rng"])
         self.stream.load_state_dict(state["stream"])
+        if not self.sync_free:
+            self.retired = int(state["retired"])
+            return
+        if "ring" not in state:
+            raise ValueError("this PUMA state was saved by the exact (CPU) path; resume on CPU")
+        ring = state["ring"]
+        self.ring_x0, self.ring_prompt = (ring[k].to(self.device) for k in ("x0", "prompt_mask"))
+        self.head.fill_(int(ring["head"]))
+        self.retired.fill_(int(state["retired"]))
+        self._head_seen.fill_(int(ring["head"]))
+        self.filled = int(ring["filled"])

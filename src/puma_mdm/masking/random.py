@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from puma_mdm.masking.base import Batch, check_mask_id, generator_from, pick_top, random_scores
+from puma_mdm.masking.base import Batch, generator_from, pick_top, random_scores
 from puma_mdm.masking.stream import ExampleStream
 
 FORMS = ("count", "continuous")
@@ -72,7 +72,7 @@ class RandomMasking:
     ) -> None:
         if form not in FORMS:
             raise ValueError(f"unknown random-masking form {form!r}; choose one of {FORMS}")
-        check_mask_id(stream.x0, mask_id)
+        stream.check_mask_id(mask_id)
         self.stream, self.batch_size, self.mask_id = stream, batch_size, mask_id
         self.form, self.device = form, torch.device(device)
         self.generator = generator_from(seed)

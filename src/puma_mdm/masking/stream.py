@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from puma_mdm.masking.base import check_mask_id
+
 
 class ExampleStream:
     """Yields examples ``(x0, prompt_mask)`` in epochs; epoch ``e`` visits every example once in
@@ -33,6 +35,13 @@ class ExampleStream:
     def _permutation(self, epoch: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed + epoch)
         return torch.randperm(len(self.x0), generator=gen)
+
+    @property
+    def seq_len(self) -> int:
+        return self.x0.shape[1]
+
+    def check_mask_id(self, mask_id: int) -> None:
+        check_mask_id(self.x0, mask_id)
 
     @property
     def consumed(self) -> int:

@@ -46,3 +46,4 @@ __all__ = ["TASKS", "Examples", "Task", "build_task", "register_task"]
 from puma_mdm.tasks import math_programs as _math  # noqa: E402, F401  (registers the task)
 from puma_mdm.tasks import sudoku as _sudoku  # noqa: E402, F401  (registers the task)
 from puma_mdm.tasks import text as _text  # noqa: E402, F401  (registers the task)
+from puma_mdm.tasks import tinygsm as _tinygsm  # noqa: E402, F401  (registers the task)

@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 
 from puma_mdm.errors import PumaError
+from puma_mdm.prepared import PreparedData
 
 
 @dataclass
@@ -62,6 +63,16 @@ class Task(ABC):
 
     @abstractmethod
     def eval_examples(self) -> Examples: ...
+
+    def prepare(self, force: bool = False) -> dict:
+        """Tokenize the training data into shards on disk (tasks that stream shards override
+        this; ``force`` replaces shards already there); returns the shards' manifest."""
+        raise PumaError(f"task {self.name!r} builds its data in memory: nothing to prepare")
+
+    def training_data(self) -> Examples | PreparedData:
+        """What training streams from: the examples in memory, or prepared shards on disk
+        (``prepared.py``) for corpora too big for that."""
+        return self.train_examples()
 
     def artifacts(self) -> dict[str, str]:
         """Files (name → text) saved beside trained weights, e.g. a trained tokenizer."""

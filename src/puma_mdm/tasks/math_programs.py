@@ -318,6 +318,14 @@ class MathTask(TokenizedTask):
         """(question, program) pairs → ``[question] <sep> [program] <eos>…`` with the question
         and ``<sep>`` as prompt. A pair longer than ``seq_len`` is an error, or left out with
         ``skip_long`` (generated data: about 1 problem in 10⁴ at the defaults)."""
+        x0, prompt_len = self.encode_ids(pairs, skip_long)
+        prompt = np.arange(self.seq_len) < prompt_len[:, None]
+        return Examples(torch.from_numpy(x0), torch.from_numpy(prompt))
+
+    def encode_ids(
+        self, pairs: Sequence[tuple[str, str]], skip_long: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`encode` makes, as arrays: ids (N, L) and each row's prompt length."""
         tok, L = self.tokenizer, self.seq_len
         questions = tok.encode_batch([q for q, _ in pairs])
         programs = tok.encode_batch([p for _, p in pairs])
@@ -334,8 +342,7 @@ class MathTask(TokenizedTask):
                 x0[i, : len(ids)] = ids
                 prompt_len[i] = len(q) + 1
         keep = prompt_len > 0
-        prompt = np.arange(L) < prompt_len[keep, None]
-        return Examples(torch.from_numpy(x0[keep]), torch.from_numpy(prompt))
+        return x0[keep], prompt_len[keep]
 
     def train_examples(self) -> Examples:
         return self.encode(self.train_problems(), skip_long=not self.options.train_data)
@@ -347,8 +354,10 @@ class MathTask(TokenizedTask):
         return self.encode(read_problems(path))
 
     # -- judging ---------------------------------------------------------------------------------
+    entry = "solution"  # the function a program defines and the sandbox calls
+
     def run(self, programs: Sequence[str]) -> list[Outcome]:
-        return run_programs(programs, "solution", Limits(timeout=self.options.timeout))
+        return run_programs(programs, self.entry, Limits(timeout=self.options.timeout))
 
     def correct(self, tokens: torch.Tensor, examples: Examples) -> torch.Tensor:
         """Run each decoded program and its reference; correct when both return numbers that

@@ -8,6 +8,10 @@ Layout of a run directory::
                                train_state.pt (optimiser, scheduler, EMA, step, and per rank
                                the forward-process state including the PUMA pool and the RNG
                                states), config.yaml, task.json, manifest.json
+                               sharded/ (training.parallel=fsdp only): the sharded model,
+                               optimiser and EMA state, one file per rank plus metadata,
+                               written by every rank with torch.distributed.checkpoint
+                               (multi-node runs need a run directory on a shared file system)
     model/                     the final (EMA, if enabled) weights + task.json
     best/                      the weights with the best evaluation accuracy so far
 
@@ -33,6 +37,7 @@ from puma_mdm.manifest import corrupt_files, write_manifest
 from puma_mdm.model import Transformer
 
 STATE_NAME = "train_state.pt"
+SHARDS = "sharded"  # torch.distributed.checkpoint directory of an FSDP checkpoint
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -73,6 +78,22 @@ def write_model_dir(model: Transformer, target: Path, extra_files: dict[str, str
     fsync_path(target.parent)
 
 
+def staging_path(run_dir: Path, step: int) -> Path:
+    """The temporary directory a checkpoint is written into before it is renamed into place."""
+    final = checkpoint_path(run_dir, step)
+    return final.parent / f".{final.name}.tmp"
+
+
+def begin_checkpoint(run_dir: Path, step: int) -> Path:
+    """Clear what crashed saves left and create the empty staging directory."""
+    tmp = staging_path(run_dir, step)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    for stale in tmp.parent.glob(".step-*.tmp"):  # left by a crash mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -80,14 +101,14 @@ def save_checkpoint(
     train_state: dict,
     extra_files: dict[str, str],
     keep_last: int,
+    staged: bool = False,
 ) -> Path:
-    """Write ``checkpoints/step-{step:08d}`` atomically and prune all but the last ``keep_last``."""
+    """Write ``checkpoints/step-{step:08d}`` atomically and prune all but the last ``keep_last``.
+    With ``staged``, :func:`begin_checkpoint` was called and other files (FSDP shards) already
+    lie in the temporary directory."""
     final = checkpoint_path(run_dir, step)
     root = final.parent
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".step-*.tmp"):  # left by a crash mid-write
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = root / f".{final.name}.tmp"
+    tmp = staging_path(run_dir, step) if staged else begin_checkpoint(run_dir, step)
     model.save_pretrained(tmp)
     with open(tmp / STATE_NAME, "wb") as f:
         torch.save(train_state, f)

@@ -19,6 +19,7 @@ from puma_mdm.sampling import POLICIES
 
 STRATEGIES = ("standard", "progressive", "arm")
 AUTOCAST = ("auto", "bf16", "fp16", "fp32")
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass
@@ -83,6 +84,9 @@ class TrainingSection:
     autocast: str = "auto"  # auto (= bf16) | bf16 | fp16 | fp32 (no autocast)
     compile: bool = False  # torch.compile the training forward/backward (≈1 min to compile)
     threads: int = 0  # torch intra-op threads (0 = torch's default)
+    # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters, gradients, optimiser and EMA
+    # sharded over the ranks, sharded checkpoints; train/distributed.py)
+    parallel: str = "ddp"
     skip_nonfinite: bool = False  # skip a step with a non-finite loss instead of stopping
     puma: PumaSection = field(default_factory=PumaSection)
 
@@ -228,6 +232,12 @@ def validate(cfg: Config) -> None:
     need(
         t.loss_norm in LOSS_NORMS,
         f"training.loss_norm: {t.loss_norm!r} unknown; choose one of {LOSS_NORMS}",
+    )
+    need(t.parallel in PARALLEL, f"training.parallel: {t.parallel!r} is not one of {PARALLEL}")
+    need(
+        t.parallel != "fsdp" or cfg.model.hf_path is None,
+        "training.parallel=fsdp shards puma's own Transformer; a Hugging Face network "
+        "(model.hf_path) trains with ddp",
     )
     need(t.autocast in AUTOCAST, f"training.autocast: {t.autocast!r} is not one of {AUTOCAST}")
     need(

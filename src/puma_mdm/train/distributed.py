@@ -1,9 +1,19 @@
-"""Data-parallel training across processes (``torchrun``), and the few collectives it needs.
+"""Training across processes (``torchrun``), and the few collectives it needs.
 
 Launched by ``torchrun``, each process reads ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` from
-the environment, joins the process group (gloo on CPU, NCCL on GPU ``cuda:LOCAL_RANK``) and
-trains a DistributedDataParallel replica. Launched alone, it is rank 0 of a world of one and
-every method below is a no-op or the identity, so the trainer has a single code path.
+the environment and joins the process group (gloo on CPU, NCCL on GPU ``cuda:LOCAL_RANK``).
+``training.parallel`` picks how the model is spread over the processes:
+
+* ``ddp``: every rank holds the whole model, optimiser and EMA; DistributedDataParallel
+  all-reduces the gradients.
+* ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``, one unit per Transformer block
+  plus the root) shards parameters, gradients, optimiser state and EMA over the ranks: each
+  holds ``1/world_size`` of them, all-gathers a block's parameters for its forward and
+  backward, and reduce-scatters the gradients. Mixed precision: parameters are gathered in
+  the autocast dtype, gradients reduced in fp32, the sharded master weights stay fp32.
+
+Launched alone, it is rank 0 of a world of one and every method below is a no-op or the
+identity (``fsdp`` included), so the trainer has a single code path.
 """
 
 from __future__ import annotations
@@ -29,8 +39,16 @@ def resolve_device(name: str) -> torch.device:
 class Distributed:
     """This process's place in the launch: ``rank`` of ``world_size``, on ``device``."""
 
-    def __init__(self, rank: int, world_size: int, device: torch.device) -> None:
+    def __init__(
+        self, rank: int, world_size: int, device: torch.device, parallel: str = "ddp"
+    ) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.parallel = parallel
+
+    @property
+    def sharded(self) -> bool:
+        """Whether parameters, gradients and optimiser state are sharded (FSDP)."""
+        return self.enabled and self.parallel == "fsdp"
 
     @property
     def enabled(self) -> bool:
@@ -42,14 +60,14 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def setup(cls, device_name: str) -> Distributed:
+    def setup(cls, device_name: str, parallel: str = "ddp") -> Distributed:
         """Join the process group described by torchrun's environment variables, if any.
 
         Under torchrun, ``training.device`` ``auto``/``cuda`` means ``cuda:LOCAL_RANK`` (NCCL)
         and ``cpu`` means the CPU (gloo)."""
         world_size = int(os.environ.get("WORLD_SIZE", 1))
         if world_size == 1:
-            return cls(0, 1, resolve_device(device_name))
+            return cls(0, 1, resolve_device(device_name), parallel)
         if device_name not in ("auto", "cuda", "cpu"):
             raise ConfigError(
                 f"training.device={device_name}: under torchrun use auto, cuda or cpu "
@@ -62,14 +80,48 @@ class Distributed:
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if use_cuda else "gloo")
-        return cls(rank, world_size, device)
+        return cls(rank, world_size, device, parallel)
+
+    def shard(self, model: torch.nn.Module, param_dtype: torch.dtype | None) -> None:
+        """FSDP2, in place: one unit per Transformer block, then the root (embeddings, final
+        norm, head). Call before building the optimiser: the parameters become DTensors."""
+        if not self.sharded:
+            return
+        # imported here: torch.distributed's FSDP/DTensor stack costs seconds of start-up
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+        for block in model.blocks:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module to run forward/backward through: a DDP replica, or ``model`` itself."""
-        if not self.enabled:
+        """The module to run forward/backward through: a DDP replica, or ``model`` itself
+        (alone, or already sharded by :meth:`shard`)."""
+        if not self.enabled or self.sharded:
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
+
+    @contextmanager
+    def accumulating(self, net: torch.nn.Module, skip_sync: bool) -> Iterator[None]:
+        """A micro-batch's forward/backward; with ``skip_sync`` its gradients stay local
+        (accumulated) instead of being reduced over the ranks."""
+        if not (self.enabled and skip_sync):
+            yield
+        elif self.sharded:
+            net.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                net.set_requires_gradient_sync(True)
+        else:
+            with net.no_sync():
+                yield
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
 
     def all_sum(self, values: list[float]) -> list[float]:
         """Element-wise sum of ``values`` over all ranks."""
@@ -95,6 +147,13 @@ class Distributed:
         yield
         if self.enabled and self.is_main:
             dist.barrier()
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded DTensor (a collective: every rank calls it), else itself."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def shutdown() -> None:

@@ -5,9 +5,11 @@ backward the MDM loss, clip, AdamW step, scheduler step, then hand the same forw
 detached logits back to the forward process (PUMA advances its pool; random masking ignores
 them). Checkpoints capture everything needed to continue bit-exactly on CPU.
 
-Under ``torchrun`` every rank trains a DDP replica on its own shard of the training set with its
-own forward process (its own PUMA pool) and seed ``training.seed + rank``; ``batch_size`` is per
-rank. Rank 0 logs and writes every file; checkpoints hold every rank's forward-process state.
+Under ``torchrun`` every rank trains on its own shard of the training set with its own forward
+process (its own PUMA pool) and seed ``training.seed + rank``; ``batch_size`` is per rank. The
+model is a DDP replica, or (``training.parallel=fsdp``) an FSDP2 shard whose optimiser state and
+EMA are sharded too and checkpointed with ``torch.distributed.checkpoint``. Rank 0 logs and
+writes every other file; checkpoints hold every rank's forward-process state.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import json
 import math
 import signal
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -43,20 +44,24 @@ from puma_mdm.masking import (
 )
 from puma_mdm.masking.mixed import MixedBatch, split_rows
 from puma_mdm.model import ModelConfig, Transformer
+from puma_mdm.prepared import PreparedData, ShardStream
 from puma_mdm.pretrained import TASK_FILE
 from puma_mdm.prime.evaluate import prime_nll_bound
 from puma_mdm.prime.loss import prime_loss
 from puma_mdm.prime.model import PrimeTransformer
 from puma_mdm.prime.process import DigitProcess, digit_stream
-from puma_mdm.tasks import Task, build_task
+from puma_mdm.tasks import Examples, Task, build_task
 from puma_mdm.train.checkpoint import (
+    SHARDS,
+    begin_checkpoint,
     checkpoint_path,
     load_checkpoint,
     save_checkpoint,
+    staging_path,
     write_model_dir,
 )
 from puma_mdm.train.config import RESUMABLE, Config, changed_on_resume, load_config, to_yaml
-from puma_mdm.train.distributed import Distributed
+from puma_mdm.train.distributed import Distributed, full_tensor
 from puma_mdm.train.run_dir import LOCK_NAME, RunLock, check_fresh, clear_run
 
 
@@ -133,7 +138,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.out_dir = Path(cfg.logging.out_dir)
-        self.dist = Distributed.setup(cfg.training.device)
+        self.dist = Distributed.setup(cfg.training.device, cfg.training.parallel)
         self.lock = None
         if not self.dist.is_main:
             self._setup(resume)
@@ -163,8 +168,8 @@ class Trainer:
             torch.set_num_threads(t.threads)
 
         self.task = build_task(cfg.task.name, cfg.task.options)
-        with self.dist.main_first():  # rank 0 builds (and caches) the data, then the others
-            train = self.task.train_examples()
+        with self.dist.main_first():  # rank 0 builds (and caches or prepares) the data first
+            train = self.task.training_data()
             self.eval_set = self.task.eval_examples()[: cfg.eval.examples]
         rank, world = self.dist.rank, self.dist.world_size
         if len(self.eval_set) < world:
@@ -174,22 +179,22 @@ class Trainer:
             )
         torch.manual_seed(t.seed)  # the same initial weights (and EMA) on every rank
         self.model = build_model(cfg, self.task).to(self.device)
+        self.model_class = type(self.model)  # FSDP2 changes the instance's class
         if hasattr(self.model, "check_examples"):  # an HF model's own mask token is a real id
-            self.model.check_examples(train.x0)
+            self.model.check_examples(self._in_memory(train).x0)
         seed = t.seed + rank  # each rank: its own data order, masks and dropout
         torch.manual_seed(seed)
-        shard = train[rank::world]
         # MDM-Prime: the forward processes run over digit sequences (prime/process.py)
         self.codec = getattr(self.model, "codec", None)
         if self.codec is None:
-            self.stream = ExampleStream(shard.x0, shard.prompt_mask, seed=seed)
+            self.stream = self._stream(train, seed)
             self.loss = mdm_loss
-            if self.model.cfg.shift:
-                check_first_is_prompt(shard.prompt_mask)
         else:
+            shard = self._in_memory(train)[rank::world]
             self.stream = digit_stream(shard.x0, shard.prompt_mask, self.codec, seed=seed)
             self.loss = functools.partial(prime_loss, codec=self.codec, form=cfg.model.prime.loss)
         self.process = self._forward_process(seed + 1)
+        self.dist.shard(self.model, self.amp)
 
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
@@ -217,6 +222,29 @@ class Trainer:
             self.net = torch.compile(self.net)
 
     # -- construction ---------------------------------------------------------------------------
+    def _in_memory(self, train: Examples | PreparedData) -> Examples:
+        if isinstance(train, PreparedData):
+            raise ConfigError(
+                f"task {self.task.name!r} streams prepared shards from disk; Hugging Face "
+                "networks and MDM-Prime need the training set in memory"
+            )
+        return train
+
+    def _stream(self, train: Examples | PreparedData, seed: int) -> ExampleStream | ShardStream:
+        """This rank's stream: rows ``rank::world`` in memory, or its blocks of the shards."""
+        rank, world = self.dist.rank, self.dist.world_size
+        if isinstance(train, PreparedData):
+            if self.model.cfg.shift and train.min_prompt < 1:
+                raise ConfigError(
+                    f"{train.directory} holds rows without a prompt, which a shifted model "
+                    "cannot predict from"
+                )
+            return ShardStream(train, rank, world, seed=seed)
+        shard = train[rank::world]
+        if self.model.cfg.shift:
+            check_first_is_prompt(shard.prompt_mask)
+        return ExampleStream(shard.x0, shard.prompt_mask, seed=seed)
+
     def _forward_process(self, seed: int) -> ForwardProcess:
         t = self.cfg.training
         mask_id = self.task.mask_id if self.codec is None else self.codec.mask_digit
@@ -271,18 +299,28 @@ class Trainer:
                 f"of the run; on --resume only {', '.join(RESUMABLE)} may change. Start a new "
                 "run (another --out-dir) for other settings"
             )
-        saved = Transformer.from_pretrained(path, self.device, self.cfg.model.trust_remote_code)
+        # under FSDP the weights themselves come from the shards
+        where = "cpu" if self.dist.sharded else self.device
+        saved = Transformer.from_pretrained(path, where, self.cfg.model.trust_remote_code)
         ranks = state["ranks"]
         if len(ranks) != self.dist.world_size:
             raise CheckpointError(
                 f"cannot resume from {path}: it was written by {len(ranks)} process(es), this "
                 f"run has {self.dist.world_size}; resume with the same number of processes"
             )
-        self.model.load_state_dict(saved.state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("parallel", "ddp") != self.dist.parallel and self.dist.enabled:
+            raise CheckpointError(
+                f"cannot resume from {path}: it was written with training.parallel="
+                f"{state.get('parallel', 'ddp')}, this run uses {self.dist.parallel}"
+            )
+        if self.dist.sharded:
+            self._load_shards(path / SHARDS)
+        else:
+            self.model.load_state_dict(saved.state_dict())
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None and "ema" in state:
+                self.ema = [e.to(self.device) for e in state["ema"]]
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None and "ema" in state:
-            self.ema = [e.to(self.device) for e in state["ema"]]
         mine = ranks[self.dist.rank]
         self.process.load_state_dict(mine["process"])
         torch.set_rng_state(mine["rng"])
@@ -321,9 +359,8 @@ class Trainer:
         for i in range(parts):
             rows = slice(i * size, (i + 1) * size)
             micro = Batch(*(getattr(batch, f)[rows] for f in Batch.__dataclass_fields__))
-            # DDP all-reduces the gradients once, in the last micro-batch's backward
-            skip_sync = self.dist.enabled and i < parts - 1
-            with self.net.no_sync() if skip_sync else nullcontext():
+            # gradients are reduced over the ranks once, in the last micro-batch's backward
+            with self.dist.accumulating(self.net, skip_sync=i < parts - 1):
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     logits = self._logits(micro)
                 loss = self.loss(logits, micro)
@@ -380,7 +417,10 @@ class Trainer:
     @torch.no_grad()
     def eval_model(self) -> Transformer:
         """The weights to evaluate and publish: the EMA weights when enabled. (A copy, not a
-        fresh model: building one would draw from the RNG and change the training run.)"""
+        fresh model: building one would draw from the RNG and change the training run.)
+        Under FSDP a collective: every rank gets the whole model, unsharded."""
+        if self.dist.sharded:
+            return self.full_model(self.ema or list(self.model.parameters()))
         if self.ema is None:
             return self.model
         model = copy.deepcopy(self.model)
@@ -388,12 +428,53 @@ class Trainer:
             p.copy_(e)
         return model
 
-    def run_eval(self) -> dict[str, float]:
-        """Accuracy, NFE per batch and NLL bound on the held-out set (only the NLL bound and
-        perplexity for tasks without accuracy); each rank evaluates every ``world_size``-th
-        example and the sums are all-reduced."""
+    @torch.no_grad()
+    def full_model(self, params: list[torch.Tensor]) -> Transformer:
+        """A plain (unsharded) model holding the all-gathered ``params`` (FSDP only)."""
+        with torch.random.fork_rng(devices=[]):  # building draws from the CPU RNG
+            model = self.model_class(self.model.cfg).to(self.device)
+        for p, value in zip(model.parameters(), params, strict=True):
+            p.copy_(full_tensor(value.detach()))
+        return model
+
+    def published_weights(self) -> Transformer:
+        """What a checkpoint's ``model.safetensors`` holds: the training weights, unsharded."""
+        if self.dist.sharded:
+            return self.full_model(list(self.model.parameters()))
+        return self.model
+
+    def sharded_state(self) -> dict:
+        """The FSDP state ``torch.distributed.checkpoint`` saves and loads in place: model,
+        optimiser and EMA shards, keyed by parameter name."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        if self.ema is not None:
+            names = [name for name, _ in self.model.named_parameters()]
+            state["ema"] = dict(zip(names, self.ema, strict=True))
+        return state
+
+    def _load_shards(self, directory: Path) -> None:
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory} is missing: the checkpoint has no FSDP shards")
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self.sharded_state()
+        dcp.load(state, checkpoint_id=directory)
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+        )
+
+    def run_eval(self, model: Transformer) -> dict[str, float]:
+        """Accuracy, NFE per batch and NLL bound of ``model`` on the held-out set (only the
+        NLL bound and perplexity for tasks without accuracy); each rank evaluates every
+        ``world_size``-th example and the sums are all-reduced."""
         e = self.cfg.eval
-        model = self.eval_model()
         share = self.eval_set[self.dist.rank :: self.dist.world_size]
         n = len(share)
         sums = {}
@@ -446,32 +527,46 @@ class Trainer:
 
     def train_state(self) -> dict:
         """Everything a resumed run needs, with every rank's own state under ``ranks``
-        (a collective: every rank calls it; only rank 0 gets the ranks' states)."""
+        (a collective: every rank calls it; only rank 0 gets the ranks' states). Under FSDP
+        the optimiser and EMA are in the checkpoint's shards instead."""
         state = {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "parallel": self.dist.parallel,
             "scheduler": self.scheduler.state_dict(),
             "ranks": self.dist.gather(self.rank_state()),
             "best_accuracy": self.best_accuracy,
             "skipped": self.skipped,
             "train_seconds": self.train_seconds,
         }
-        if self.ema is not None:
-            state["ema"] = [e.cpu() for e in self.ema]
+        if not self.dist.sharded:
+            state["optimizer"] = self.optimizer.state_dict()
+            if self.ema is not None:
+                state["ema"] = [e.cpu() for e in self.ema]
         return state
 
     def save(self) -> Path:
-        """Checkpoint this step (every rank takes part; rank 0 writes)."""
+        """Checkpoint this step (every rank takes part; rank 0 writes all but the shards)."""
         state = self.train_state()
+        weights = self.published_weights()
+        if self.dist.sharded:
+            if self.dist.is_main:
+                begin_checkpoint(self.out_dir, self.step)
+            self.dist.barrier()
+            import torch.distributed.checkpoint as dcp
+
+            shards = staging_path(self.out_dir, self.step) / SHARDS
+            dcp.save(self.sharded_state(), checkpoint_id=shards)
         if self.dist.is_main:
             save_checkpoint(
                 self.out_dir,
                 self.step,
-                self.model,
+                weights,
                 state,
                 self.record_files(),
                 self.cfg.checkpoint.keep_last,
+                staged=self.dist.sharded,
             )
+        self.dist.barrier()  # the next save's clean-up must not race this one
         return checkpoint_path(self.out_dir, self.step)
 
     def _handle_signal(self, signum: int, frame) -> None:
@@ -556,17 +651,15 @@ class Trainer:
             log.close()
             for s, handler in old_handlers.items():
                 signal.signal(s, handler)
+        final = self.eval_model()  # every rank: a collective under FSDP
         if main:
-            write_model_dir(
-                self.eval_model(),
-                self.out_dir / "model",
-                self.record_files(),
-            )
+            write_model_dir(final, self.out_dir / "model", self.record_files())
         return metrics
 
     def _evaluate_and_publish(self, log: Logger) -> dict:
         """Evaluate (on every rank) and, on rank 0, log and update ``best/``."""
-        metrics = self.run_eval()
+        model = self.eval_model()
+        metrics = self.run_eval(model)
         log.write(
             self.step,
             {f"eval/{k}": v for k, v in metrics.items()}
@@ -575,11 +668,7 @@ class Trainer:
         if score(metrics) > self.best_accuracy:
             self.best_accuracy = score(metrics)
             if self.dist.is_main:
-                write_model_dir(
-                    self.eval_model(),
-                    self.out_dir / "best",
-                    self.record_files(),
-                )
+                write_model_dir(model, self.out_dir / "best", self.record_files())
         return metrics
 
 
