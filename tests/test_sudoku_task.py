@@ -92,6 +92,11 @@ def test_eval_writes_a_table_for_every_policy(tiny_model, tmp_path, capsys):
     assert {r["nfe"] for r in rows if r["k"] == 1} == {blanks}
     assert {r["nfe"] for r in rows if r["k"] == 3} == {-(-blanks // 3)}
     assert any(r["threshold"] == 0.9 for r in rows)
+    bounded = [r for r in rows if r["entropy_bound"] is not None]
+    assert {(r["policy"], r["entropy_bound"]) for r in bounded} == {
+        (p, g) for p in ("random", "top_prob", "margin", "entropy") for g in (0.01, 0.1)
+    }
+    assert all(1 <= r["nfe"] <= blanks for r in bounded)
     assert "margin" in capsys.readouterr().out
 
 

@@ -11,6 +11,13 @@ from pathlib import Path
 from puma_mdm import arguments as A
 from puma_mdm.analyze import add_analyze_parser
 from puma_mdm.bench.cli import add_bench_parser
+from puma_mdm.cli_decoding import (
+    add_cache_arguments,
+    add_decoding_arguments,
+    check_cache_option,
+    check_table_options,
+    decoding_options,
+)
 from puma_mdm.errors import PumaError
 from puma_mdm.generate import add_sample_parser
 from puma_mdm.hf.cli import add_export_parser
@@ -118,24 +125,6 @@ def add_overrides_argument(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("overrides", nargs="*", type=A.key_value, metavar="KEY=VALUE", help=help)
 
 
-def add_policy_arguments(p: argparse.ArgumentParser, unit: str) -> None:
-    """``--policy``, ``--k`` and ``--threshold`` of one decoding run."""
-    from puma_mdm.sampling import POLICIES
-
-    p.add_argument(
-        "--policy",
-        type=A.one_of(POLICIES),
-        default="margin",
-        help=f"unmasking policy: {', '.join(sorted(POLICIES))}",
-    )
-    p.add_argument("--k", type=A.positive_int, default=1, help=f"{unit} revealed per step")
-    p.add_argument(
-        "--threshold",
-        type=A.threshold,
-        help=f"reveal every one of the {unit} at least this confident, in (0, 1] (not --k)",
-    )
-
-
 def add_trust_argument(p: argparse.ArgumentParser) -> None:
     """``--trust-remote-code``: the user's own decision, never read from the model directory."""
     p.add_argument(
@@ -150,6 +139,9 @@ def default_model() -> Path:
     return Path(str(resources.files("puma_mdm") / "assets" / "sudoku"))
 
 
+DEFAULT_ENTROPY_BOUNDS = "0.01,0.1"
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -159,9 +151,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, task = load_trained(
         args.model, expect_task=args.task, trust_remote_code=args.trust_remote_code
     )
+    check_table_options(args.policies, args.ks, args.thresholds, args.entropy_bounds)
+    check_cache_option(model, args)
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
     prime = getattr(model, "codec", None) is not None
+    bounds = args.entropy_bounds
+    if prime and bounds:  # digit-by-digit decoding has no entropy-bounded rule
+        if bounds != A.list_of(A.positive_float)(DEFAULT_ENTROPY_BOUNDS):
+            raise PumaError(
+                "--entropy-bounds: MDM-Prime models are decoded digit by digit, without an "
+                "entropy-bounded rule; drop the option"
+            )
+        bounds = []
     if not task.scores_outputs and not prime:  # text corpora: the NLL bound, no accuracy
         return report_likelihood(args, model, task, examples)
     print(f"{task.name}: {len(examples)} examples, model {resolve_model_dir(args.model)}")
@@ -176,6 +178,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             thresholds=args.thresholds,
             batch_size=args.batch_size,
             autocast_dtype=None if args.fp32 else torch.bfloat16,
+            entropy_bounds=bounds,
+            cache=args.cache,
+            refresh=args.refresh,
         )
         print(format_table(record["rows"]))
     if prime:  # MDM-Prime: NLL bound, NFE, idle steps
@@ -226,12 +231,14 @@ def cmd_solve(args: argparse.Namespace) -> int:
     from puma_mdm.solve import check_solvable, read_input, solve_with_model
     from puma_mdm.tasks.sudoku_formats import pretty
 
+    options = decoding_options(args)
     puzzles = read_input(args.puzzle)
     check_solvable(puzzles)
     model, task = load_trained(
         args.model, expect_task="sudoku", trust_remote_code=args.trust_remote_code
     )
-    solutions = solve_with_model(model, task, puzzles, args.policy, args.k, args.threshold)
+    check_cache_option(model, args)
+    solutions = solve_with_model(model, task, puzzles, **options)
     for i, s in enumerate(solutions):
         if len(solutions) > 1:
             print(f"puzzle {i + 1}:")
@@ -323,10 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="accuracy and NFE of every unmasking policy",
+        help="accuracy and NFE of every unmasking policy and rule",
         description=(
             "Decode the held-out set with every policy (random, top_prob, margin, entropy) and "
-            "k in {1,2,3}, plus threshold decoding; print a table and write JSON. Text-corpus "
+            "k in {1,2,3}, plus threshold and entropy-bounded decoding; print a table and write "
+            "JSON (one row per setting: policy, k, threshold, entropy_bound, cache, accuracy, "
+            "nfe). Text-corpus "
             "models: the NLL bound per token, perplexity and bits per byte instead."
         ),
     )
@@ -358,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=A.positive_int, default=500, help="examples decoded at once"
     )
+    p.add_argument(
+        "--entropy-bounds",
+        type=A.list_of(A.positive_float, allow_empty=True),
+        default=DEFAULT_ENTROPY_BOUNDS,
+        help="comma-separated entropy bounds γ (nats) of entropy-bounded decoding ('' for none)",
+    )
+    add_cache_arguments(p)
     p.add_argument("--fp32", action="store_true", help="decode in float32 instead of bf16 autocast")
     p.add_argument(
         "--samples",
@@ -394,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(default_model()),
         help="model directory (default: the shipped Sudoku model)",
     )
-    add_policy_arguments(p, "cells")
+    add_decoding_arguments(p, "cells")
     p.add_argument(
         "--png", type=A.output_file, help="write a picture of the decoding order to this file"
     )

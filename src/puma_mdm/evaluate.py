@@ -27,14 +27,20 @@ def evaluate(
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
     seed: int = 0,
+    entropy_bound: float | None = None,
+    cache: str = "auto",
+    refresh: int = 4,
 ) -> dict[str, float]:
     """Decode every example from its prompt; return accuracy (fraction judged correct by the
-    task), the mean number of network calls per batch (``nfe``) and the count."""
+    task), the mean number of network calls per batch (``nfe``), the count and the cache used
+    (``auto`` resolved). ``k`` applies
+    when neither ``threshold`` nor ``entropy_bound`` is given; ``cache`` and ``refresh`` are
+    :func:`~puma_mdm.sampling.sample`'s."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    correct, nfe, batches = 0, 0, 0
+    correct, nfe, batches, used = 0, 0, 0, cache
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         chunk = Examples(chunk.x0.to(device), chunk.prompt_mask.to(device))
@@ -43,17 +49,26 @@ def evaluate(
             task.masked_inputs(chunk),
             task.mask_id,
             policy=policy,
-            k=None if threshold is not None else k,
+            k=None if threshold is not None or entropy_bound is not None else k,
             threshold=threshold,
+            entropy_bound=entropy_bound,
             generator=generator,
             autocast_dtype=autocast_dtype,
             eos_id=getattr(task, "eos_id", None),
+            cache=cache,
+            refresh=refresh,
         )
         correct += int(task.correct(result.tokens, chunk).sum())
         nfe += result.nfe
         batches += 1
+        used = result.cache
     model.train(was_training)
-    return {"accuracy": correct / len(examples), "nfe": nfe / batches, "n": len(examples)}
+    return {
+        "accuracy": correct / len(examples),
+        "nfe": nfe / batches,
+        "n": len(examples),
+        "cache": used,
+    }
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from puma_mdm.cli_decoding import add_decoding_arguments, check_cache_option, decoding_options
 from puma_mdm.errors import PumaError
 from puma_mdm.sampling import check_sampling_args, sample
 from puma_mdm.tasks.tokenized import TokenizedTask
@@ -66,11 +67,18 @@ def generate(
     temperature: float = 0.0,
     seed: int = 0,
     show_steps: bool = False,
+    entropy_bound: float | None = None,
+    cache: str = "auto",
+    refresh: int = 4,
 ) -> list[Generation]:
     """``n`` completions of ``prompt`` (unconditional text when None), ``length`` tokens each
-    (default: up to the model's sequence length)."""
+    (default: up to the model's sequence length); ``entropy_bound``, ``cache`` and ``refresh``
+    as in :func:`~puma_mdm.sampling.sample`."""
+    parallel = threshold is not None or entropy_bound is not None
     try:
-        check_sampling_args(policy, k if threshold is None else None, None, threshold, temperature)
+        check_sampling_args(
+            policy, None if parallel else k, None, threshold, temperature, entropy_bound
+        )
     except ValueError as err:
         raise SampleError(str(err)) from None
     if n < 1:
@@ -82,12 +90,15 @@ def generate(
         x_t,
         task.mask_id,
         policy=policy,
-        k=None if threshold is not None else k,
+        k=None if parallel else k,
         threshold=threshold,
+        entropy_bound=entropy_bound,
         temperature=temperature,
         generator=torch.Generator().manual_seed(seed),
         record_order=True,
         eos_id=task.eos_id,
+        cache=cache,
+        refresh=refresh,
     )
     prompt_mask = torch.arange(x_t.shape[1]) < len(ids)
     out = []
@@ -108,7 +119,9 @@ def generate(
 def cmd_sample(args: argparse.Namespace) -> int:
     from puma_mdm.pretrained import load_trained
 
+    options = decoding_options(args)
     model, task = load_trained(args.model, trust_remote_code=args.trust_remote_code)
+    check_cache_option(model, args)
     if not isinstance(task, TokenizedTask):
         raise SampleError(
             f"{args.model} holds a {task.name!r} model; `puma sample` generates text with "
@@ -120,12 +133,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         length=args.length,
         n=args.n,
-        policy=args.policy,
-        k=args.k,
-        threshold=args.threshold,
         temperature=args.temperature,
         seed=args.seed,
         show_steps=args.show_steps,
+        **options,
     )
     for i, g in enumerate(generations):
         if args.n > 1:
@@ -141,7 +152,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``sample`` to the ``puma`` command's sub-parsers."""
     from puma_mdm import arguments as A
-    from puma_mdm.cli import add_policy_arguments, add_trust_argument
+    from puma_mdm.cli import add_trust_argument
 
     p = subparsers.add_parser(
         "sample",
@@ -161,7 +172,7 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         type=A.positive_int,
         help="tokens to generate (default: up to the model's length)",
     )
-    add_policy_arguments(p, "tokens")
+    add_decoding_arguments(p, "tokens")
     p.add_argument(
         "--temperature",
         type=A.nonnegative_float,

@@ -8,6 +8,10 @@ model, and ``forward(..., attn_mask=...)`` accepts any boolean mask (True = may 
 block-causal attention. ``block_size`` makes block-causal attention the default (block
 diffusion, masking/block.py); ``shift`` aligns the output of an autoregressively initialised
 network: output ``i`` is the logits computed at position ``i−1`` (it predicts token ``i``).
+
+Samplers may pass a :class:`KVCache`: the keys and values of positions already encoded, so a
+forward over a few new positions attends to them without recomputing them (exact for a
+finished prefix under block-causal or causal attention, ``sampling.py``).
 """
 
 from __future__ import annotations
@@ -192,6 +196,63 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+@dataclass
+class LayerKV:
+    """One layer's cached keys and values ``past`` (each (B, H_kv, T, d), after RoPE) and the
+    ``fresh`` ones of the positions just forwarded (set by the layer). With ``scatter`` (B, W),
+    the fresh entries replace the past ones at those positions instead of following them."""
+
+    past: tuple[torch.Tensor, torch.Tensor] | None = None
+    fresh: tuple[torch.Tensor, torch.Tensor] | None = None
+    scatter: torch.Tensor | None = None
+
+    def keys_values(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All keys and values the new positions attend to."""
+        self.fresh = (k, v)
+        if self.past is None:
+            return k, v
+        pk, pv = self.past
+        if self.scatter is None:
+            return torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2)
+        index = self.scatter[:, None, :, None].expand(-1, pk.shape[1], -1, pk.shape[3])
+        return pk.scatter(2, index, k), pv.scatter(2, index, v)
+
+
+class KVCache:
+    """Per-layer keys and values of positions ``0..length−1`` of every row of a batch."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers = [LayerKV() for _ in range(n_layers)]
+
+    @property
+    def length(self) -> int:
+        past = self.layers[0].past
+        return 0 if past is None else past[0].shape[2]
+
+    def view(self, rows: torch.Tensor | None = None, length: int | None = None) -> KVCache:
+        """A cache over ``rows`` (all when None) and the first ``length`` positions, sharing
+        nothing that a forward through it could change."""
+        out = KVCache(len(self.layers))
+        for mine, theirs in zip(out.layers, self.layers, strict=True):
+            if theirs.past is not None:
+                k, v = (t[:, :, :length] for t in theirs.past)
+                mine.past = (k, v) if rows is None else (k[rows], v[rows])
+        return out
+
+    def commit(self, n: int) -> None:
+        """Append the first ``n`` fresh positions of the last forward to the cache."""
+        for layer in self.layers:
+            k, v = (t[:, :, :n] for t in layer.fresh)
+            layer.past = (
+                (k, v)
+                if layer.past is None
+                else tuple(
+                    torch.cat((p, f), dim=2) for p, f in zip(layer.past, (k, v), strict=True)
+                )
+            )
+            layer.fresh = None
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -207,6 +268,7 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         attn_mask: torch.Tensor | None,
         causal: bool,
+        kv: LayerKV | None = None,
     ) -> torch.Tensor:
         B, L, _ = x.shape
         q, k, v = self.qkv(x).split(
@@ -218,6 +280,8 @@ class Attention(nn.Module):
         v = v.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv is not None:
+            k, v = kv.keys_values(k, v)
         if self.n_kv != self.n_heads:
             repeat = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
@@ -276,8 +340,8 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.dim, cfg.hidden)
 
-    def forward(self, x, rope, attn_mask, causal):
-        x = x + self.attn(self.norm1(x), rope, attn_mask, causal)
+    def forward(self, x, rope, attn_mask, causal, kv=None):
+        x = x + self.attn(self.norm1(x), rope, attn_mask, causal, kv)
         return x + self.mlp(self.norm2(x))
 
 
@@ -340,21 +404,46 @@ class Transformer(nn.Module):
             positions = slice(None, L)
         if attn_mask is None and self.cfg.block_size:
             attn_mask = block_causal_mask(L, self.cfg.block_size, ids.device)
+        logits = self.encode(ids, positions, attn_mask, self.cfg.causal)
+        if self.cfg.shift:  # position 0 has no predecessor: uniform logits (it must be a prompt)
+            logits = torch.cat((torch.zeros_like(logits[:, :1]), logits[:, :-1]), dim=1)
+        return logits
+
+    def attention_mask(self, length: int, device=None) -> torch.Tensor | None:
+        """The (L, L) attention pattern of the model (None: every position sees every one)."""
+        if self.cfg.block_size:
+            return block_causal_mask(length, self.cfg.block_size, device)
+        if self.cfg.causal:
+            return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        return None
+
+    def encode(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor | slice,
+        attn_mask: torch.Tensor | None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits computed at each input position, unshifted. ``positions``: (L,), a slice, or
+        (B, L) per row. With ``cache``, the inputs also attend to its keys and values (first in
+        ``attn_mask``'s key order), and each layer's ``fresh`` ones are left in it."""
         x = self.embed(ids)
         for name, emb in self.position_embeds.items():
             x = x + emb(getattr(self, f"pos_{name}")[positions])
         x = self.drop(x)
-        rope = (self.rope_cos[positions], self.rope_sin[positions]) if self.cfg.rope else None
-        for block in self.blocks:
-            x = block(x, rope, attn_mask, self.cfg.causal)
+        rope = None
+        if self.cfg.rope:
+            rope = (self.rope_cos[positions], self.rope_sin[positions])
+            if isinstance(positions, torch.Tensor) and positions.dim() == 2:
+                rope = tuple(t.unsqueeze(1) for t in rope)  # (B, 1, L, d/2): per row, all heads
+        layers = [None] * len(self.blocks) if cache is None else cache.layers
+        for block, kv in zip(self.blocks, layers, strict=True):
+            x = block(x, rope, attn_mask, causal, kv)
         x = self.norm(x)
         if self.head is None:
-            logits = F.linear(x, self.embed.weight[: self.cfg.vocab_size])
-        else:
-            logits = self.head(x)
-        if self.cfg.shift:  # position 0 has no predecessor: uniform logits (it must be a prompt)
-            logits = torch.cat((torch.zeros_like(logits[:, :1]), logits[:, :-1]), dim=1)
-        return logits
+            return F.linear(x, self.embed.weight[: self.cfg.vocab_size])
+        return self.head(x)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json``, ``model.safetensors`` (each atomically) and the manifest of the

@@ -1,5 +1,6 @@
-"""Compare unmasking policies: whole-example accuracy and NFE for every (policy, k) and for
-threshold decoding — the "Train for the Worst, Plan for the Best" comparison."""
+"""Compare unmasking policies: whole-example accuracy and NFE for every (policy, k), for
+threshold decoding and for entropy-bounded decoding — the "Train for the Worst, Plan for the
+Best" comparison, with the parallel decoders beside k = 1."""
 
 from __future__ import annotations
 
@@ -20,12 +21,17 @@ def policy_table(
     thresholds: list[float],
     batch_size: int = 500,
     autocast_dtype: torch.dtype | None = None,
+    entropy_bounds: list[float] = (),
+    cache: str = "auto",
+    refresh: int = 4,
 ) -> list[dict]:
-    """One row per decoding setting: policy, k or threshold, accuracy, NFE, seconds."""
-    settings = [(p, k, None) for p in policies for k in ks]
-    settings += [(p, None, t) for p in policies for t in thresholds]
+    """One row per decoding setting: policy, k, threshold or entropy bound γ, the cache used,
+    accuracy, NFE, seconds."""
+    settings = [(p, k, None, None) for p in policies for k in ks]
+    settings += [(p, None, t, None) for p in policies for t in thresholds]
+    settings += [(p, None, None, g) for p in policies for g in entropy_bounds]
     rows = []
-    for policy, k, threshold in settings:
+    for policy, k, threshold, gamma in settings:
         start = time.perf_counter()
         result = evaluate(
             model,
@@ -34,14 +40,19 @@ def policy_table(
             policy=policy,
             k=k,
             threshold=threshold,
+            entropy_bound=gamma,
             batch_size=batch_size,
             autocast_dtype=autocast_dtype,
+            cache=cache,
+            refresh=refresh,
         )
         rows.append(
             {
                 "policy": policy,
                 "k": k,
                 "threshold": threshold,
+                "entropy_bound": gamma,
+                "cache": result["cache"],
                 "accuracy": result["accuracy"],
                 "nfe": result["nfe"],
                 "n": result["n"],
@@ -55,7 +66,12 @@ def format_table(rows: list[dict]) -> str:
     """A fixed-width text table of ``policy_table`` rows."""
     lines = [f"{'policy':<10} {'decoding':<12} {'accuracy':>9} {'NFE':>6} {'seconds':>8}"]
     for r in rows:
-        decoding = f"k={r['k']}" if r["k"] is not None else f"τ≥{r['threshold']}"
+        if r["k"] is not None:
+            decoding = f"k={r['k']}"
+        elif r["threshold"] is not None:
+            decoding = f"τ≥{r['threshold']}"
+        else:
+            decoding = f"ΣH≤{r['entropy_bound']}"
         lines.append(
             f"{r['policy']:<10} {decoding:<12} {100 * r['accuracy']:>8.1f}% "
             f"{r['nfe']:>6.1f} {r['seconds']:>8.1f}"

@@ -8,14 +8,26 @@ once over the rows that still have masks, scores every masked position with an u
   order), ``top_prob`` (max_v p(v)), ``margin`` (p₁ − p₂, top-1 minus top-2 probability),
   ``entropy`` (−H(p): the least uncertain first);
 * how many: ``k`` per step (NFE = ⌈L_eff/k⌉), a fixed number of ``steps`` (reveal
-  ⌈remaining / steps left⌉ per step), or a ``threshold`` τ: every position whose max
-  probability is ≥ τ, and always at least the policy's best one (parallel decoding);
+  ⌈remaining / steps left⌉ per step), a ``threshold`` τ: every position whose max
+  probability is ≥ τ, and always at least the policy's best one (parallel decoding), or an
+  ``entropy_bound`` γ: in the policy's order, the longest run of positions ``U`` with
+  ``Σ_{i∈U} H(p_i) − max_{i∈U} H(p_i) ≤ γ`` (the EB-sampler of Ben-Hamu et al. 2025, "Accelerated
+  Sampling from Masked Diffusion Models via Entropy Bounded Unmasking": the summed entropy
+  bounds the error of revealing ``U`` at once from independent marginals; at least one);
 * which value: the argmax (``temperature=0``) or a sample from p^(1/T) by Gumbel-max in float64.
 
 Everything is vectorised over the batch; positions that are not masked at the start
 (prompts, given context) are never changed. Block-diffusion models (``cfg.block_size``) are
 decoded block by block, and autoregressive ones (``cfg.causal``) token by token, left to right
 (:func:`sample_blocks`).
+
+Network calls can reuse keys and values (``cache``, :data:`CACHES`): ``prefix`` is exact for
+block-causal and causal puma models — a finished block never changes, so it is encoded once,
+in the same call that starts the next block, and each step forwards only the current block
+(the same tokens as without the cache, up to float rounding); ``dual`` approximates it for
+bidirectional models (Fast-dLLM's dual cache): a full forward every ``refresh`` steps caches
+every position's keys and values, and the steps between forward only the positions that were
+masked at the refresh, attending to the cached ones elsewhere.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from puma_mdm.masking.base import pick_top
+from puma_mdm.model import KVCache, Transformer
 
 POLICIES: dict[str, Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]] = {}
 
@@ -66,29 +79,75 @@ def _entropy(log_probs: torch.Tensor, generator: torch.Generator | None) -> torc
 class SampleResult:
     """``tokens``: the completed sequences; ``nfe``: network calls made; ``order[b, i]``: the
     step (0-based) at which position ``i`` was decoded, −1 for positions given at the start
-    (only when ``record_order=True``)."""
+    (only when ``record_order=True``); ``cache``: the key-value cache used."""
 
     tokens: torch.Tensor
     nfe: int
     order: torch.Tensor | None = None
+    cache: str = "none"
 
 
 def check_sampling_args(
-    policy: str, k: int | None, steps: int | None, threshold: float | None, temperature: float
+    policy: str,
+    k: int | None,
+    steps: int | None,
+    threshold: float | None,
+    temperature: float,
+    entropy_bound: float | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the bad argument."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
-    if sum(x is not None for x in (k, steps, threshold)) > 1:
-        raise ValueError("give at most one of k, steps and threshold")
+    if sum(x is not None for x in (k, steps, threshold, entropy_bound)) > 1:
+        raise ValueError("give at most one of k, steps, threshold and entropy_bound")
     if k is not None and (not isinstance(k, int) or k < 1):
         raise ValueError(f"k (tokens revealed per step) must be an integer ≥ 1, got {k!r}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if entropy_bound is not None and not (0.0 <= entropy_bound < float("inf")):
+        raise ValueError(f"entropy_bound γ must be a finite number ≥ 0 (nats), got {entropy_bound}")
     if temperature < 0:
         raise ValueError(f"temperature must be ≥ 0, got {temperature}")
+
+
+CACHES = ("auto", "none", "prefix", "dual")
+
+
+def check_cache(model, cache: str, refresh: int, block_size: int) -> str:
+    """The cache kind to use when decoding in blocks of ``block_size`` (0 = all at once):
+    ``auto`` is ``prefix`` where that is exact, else ``none``. ``ValueError`` for a kind the
+    model cannot use."""
+    if cache not in CACHES:
+        raise ValueError(f"unknown cache {cache!r}; choose one of {list(CACHES)}")
+    if not isinstance(refresh, int) or refresh < 1:
+        raise ValueError(
+            f"refresh (calls between dual-cache refreshes) must be ≥ 1, got {refresh!r}"
+        )
+    cfg = getattr(model, "cfg", None)
+    puma = isinstance(model, Transformer) and getattr(model, "codec", None) is None
+    causal, blocks = getattr(cfg, "causal", False), getattr(cfg, "block_size", 0)
+    exact = puma and block_size > 0 and (causal or (blocks and block_size % blocks == 0))
+    if cache == "auto":
+        return "prefix" if exact else "none"
+    if cache != "none" and not puma:
+        raise ValueError(
+            f"cache {cache!r} needs a puma Transformer (not an MDM-Prime model, a Hugging Face "
+            "network or a plain function); use cache='none'"
+        )
+    if cache == "prefix" and not exact:
+        raise ValueError(
+            "cache 'prefix' is exact only for a causal model or a block-diffusion model decoded "
+            "in (multiples of) its own blocks; use cache='dual' (approximate, bidirectional "
+            "models) or 'none'"
+        )
+    if cache == "dual" and (causal or blocks or cfg.shift or block_size):
+        raise ValueError(
+            "cache 'dual' is for bidirectional models without ARM shift, decoded all at once; "
+            "block-diffusion and autoregressive models use the exact cache='prefix'"
+        )
+    return cache
 
 
 def choose_values(
@@ -100,6 +159,105 @@ def choose_values(
     u = torch.rand(log_probs.shape, generator=generator, dtype=torch.float64)
     gumbel = -torch.log(-torch.log(u.clamp_min(1e-300))).to(log_probs.device)
     return (log_probs.double() / temperature + gumbel).argmax(-1)
+
+
+def entropy_bounded(
+    log_probs: torch.Tensor, scores: torch.Tensor, eligible: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """Boolean (B, L): per row, the longest run of eligible positions in descending ``scores``
+    whose entropies satisfy ``Σ H − max H ≤ γ`` (always at least one)."""
+    entropy = -(log_probs.exp() * log_probs).nan_to_num().sum(-1)
+    order = scores.masked_fill(~eligible, float("-inf")).argsort(dim=1, descending=True)
+    h = entropy.gather(1, order).masked_fill(~eligible.gather(1, order), 0.0)
+    excess = h.cumsum(1) - h.cummax(1).values
+    count = ((excess <= gamma) & eligible.gather(1, order)).sum(1).clamp(min=1)
+    return pick_top(scores, eligible, count)
+
+
+@dataclass
+class Decoding:
+    """How each step reveals positions (see the module docstring)."""
+
+    policy: str = "margin"
+    k: int | None = None
+    steps: int | None = None
+    threshold: float | None = None
+    entropy_bound: float | None = None
+    temperature: float = 0.0
+    generator: torch.Generator | None = None
+    autocast_dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        if all(v is None for v in (self.k, self.steps, self.threshold, self.entropy_bound)):
+            self.k = 1
+        check_sampling_args(
+            self.policy, self.k, self.steps, self.threshold, self.temperature, self.entropy_bound
+        )
+
+    def reveal(self, log_probs: torch.Tensor, still: torch.Tensor, step: int):
+        """(positions to reveal (A, L), their values (A, L)) for one step."""
+        scores = POLICIES[self.policy](log_probs, self.generator)
+        values = choose_values(log_probs, self.temperature, self.generator)
+        remaining = still.sum(1)
+        if self.threshold is not None:
+            confident = (log_probs.amax(-1).exp() >= self.threshold) & still
+            reveal = confident | pick_top(scores, still, torch.ones_like(remaining))
+        elif self.entropy_bound is not None:
+            reveal = entropy_bounded(log_probs, scores, still, self.entropy_bound)
+        elif self.steps is not None:
+            count = torch.ceil(remaining / max(self.steps - step, 1)).long()
+            reveal = pick_top(scores, still, count)
+        else:
+            reveal = pick_top(scores, still, remaining.clamp(max=self.k))
+        return reveal, values
+
+
+StepLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def denoise(
+    step_logits: StepLogits,
+    x: torch.Tensor,
+    mask_id: int,
+    decoding: Decoding,
+    order: torch.Tensor | None = None,
+    first_step: int = 0,
+) -> int:
+    """The one sampling loop: fill the masks of ``x`` (B, L; written in place, it may be a view)
+    until none is left; return the number of network calls. ``step_logits(x, active)`` gives the
+    logits (A, L, V) of rows ``active`` of ``x`` (an index tensor, or ``slice(None)``: every
+    row); ``order`` (like ``x``) gets the step numbers."""
+    masked = x == mask_id
+    nfe = 0
+    # On a GPU with k or steps the number of network calls is known before the loop, which
+    # then forwards every row (finished rows change nothing) without a host-device sync;
+    # elsewhere each step forwards only the rows that still have masks.
+    fixed = x.is_cuda and decoding.threshold is None and decoding.entropy_bound is None
+    if fixed:
+        most = int(masked.sum(1).max()) if x.numel() else 0  # the one sync, before the loop
+        calls = -(-most // decoding.k) if decoding.steps is None else min(decoding.steps, most)
+    while nfe < calls if fixed else bool(masked.any()):
+        active = slice(None) if fixed else masked.any(1).nonzero().flatten()
+        with torch.autocast(
+            x.device.type,
+            dtype=decoding.autocast_dtype,
+            enabled=decoding.autocast_dtype is not None,
+        ):
+            logits = step_logits(x, active)
+        if mask_id < logits.shape[-1]:
+            raise ValueError(
+                f"mask id {mask_id} is inside the model's vocabulary of {logits.shape[-1]} "
+                "output classes; pass the id the model was trained with as [MASK] (for puma "
+                "models: model.mask_id, the vocabulary size)"
+            )
+        still = masked[active]
+        reveal, values = decoding.reveal(logits.float().log_softmax(-1), still, nfe)
+        x[active] = torch.where(reveal, values, x[active])
+        masked[active] = still & ~reveal
+        if order is not None:
+            order[active] = torch.where(reveal, first_step + nfe, order[active])
+        nfe += 1
+    return nfe
 
 
 @torch.no_grad()
@@ -117,80 +275,60 @@ def sample(
     autocast_dtype: torch.dtype | None = None,
     block_size: int | None = None,
     eos_id: int | None = None,
+    entropy_bound: float | None = None,
+    cache: str = "auto",
+    refresh: int = 4,
 ) -> SampleResult:
     """Fill every ``mask_id`` position of ``x_t`` (B, L). With none of ``k``, ``steps``,
-    ``threshold`` given, ``k=1``. ``model`` maps ids (B, L) to logits (B, L, V). An MDM-Prime
-    model (one with a ``codec``) is sampled digit by digit (:mod:`puma_mdm.prime.sampling`).
-    ``block_size`` (default: 1 for a causal model, else the model's ``cfg.block_size``, 0 = the
-    whole sequence at once) and ``eos_id`` are as in :func:`sample_blocks`."""
+    ``threshold``, ``entropy_bound`` given, ``k=1``. ``model`` maps ids (B, L) to logits
+    (B, L, V). An MDM-Prime model (one with a ``codec``) is sampled digit by digit
+    (:mod:`puma_mdm.prime.sampling`). ``block_size`` (default: 1 for a causal model, else the
+    model's ``cfg.block_size``, 0 = the whole sequence at once) and ``eos_id`` are as in
+    :func:`sample_blocks`. ``cache``: ``auto`` (``prefix`` where exact, else ``none``),
+    ``none``, ``prefix`` or ``dual`` (refreshed every ``refresh`` steps), see :data:`CACHES`."""
+    cfg = getattr(model, "cfg", None)
     if block_size is None:
-        cfg = getattr(model, "cfg", None)
         block_size = 1 if getattr(cfg, "causal", False) else getattr(cfg, "block_size", 0)
-    decoding = dict(
-        policy=policy,
-        k=k,
-        steps=steps,
-        threshold=threshold,
-        temperature=temperature,
-        generator=generator,
-        record_order=record_order,
-        autocast_dtype=autocast_dtype,
-    )
-    if block_size:
-        return sample_blocks(model, x_t, mask_id, block_size, eos_id, **decoding)
     codec = getattr(model, "codec", None)
     if codec is not None:
+        if entropy_bound is not None or cache not in ("auto", "none"):
+            raise ValueError(
+                "MDM-Prime models are sampled digit by digit: entropy_bound and cache do not "
+                "apply; use k, steps or threshold and cache='none'"
+            )
         from puma_mdm.prime.sampling import sample_tokens
 
-        return sample_tokens(model, x_t, mask_id, codec, **decoding)
-    if k is None and steps is None and threshold is None:
-        k = 1
-    check_sampling_args(policy, k, steps, threshold, temperature)
+        return sample_tokens(
+            model,
+            x_t,
+            mask_id,
+            codec,
+            policy=policy,
+            k=k,
+            steps=steps,
+            threshold=threshold,
+            temperature=temperature,
+            generator=generator,
+            record_order=record_order,
+            autocast_dtype=autocast_dtype,
+        )
+    decoding = Decoding(
+        policy, k, steps, threshold, entropy_bound, temperature, generator, autocast_dtype
+    )
+    cache = check_cache(model, cache, refresh, block_size)
     if x_t.dim() != 2:
         raise ValueError(f"x_t must be (batch, length), got shape {tuple(x_t.shape)}")
+    if block_size:
+        return sample_blocks(model, x_t, mask_id, block_size, eos_id, record_order, decoding, cache)
     x = x_t.clone()
-    masked = x == mask_id
     order = torch.full_like(x, -1) if record_order else None
-    device_type = x.device.type
-    nfe = 0
-    # On a GPU with k or steps the number of network calls is known before the loop, which
-    # then forwards every row (finished rows change nothing) without a host-device sync;
-    # elsewhere each step forwards only the rows that still have masks.
-    fixed = x.is_cuda and threshold is None
-    if fixed:
-        most = int(masked.sum(1).max()) if x.numel() else 0  # the one sync, before the loop
-        calls = -(-most // k) if steps is None else min(steps, most)
-    while nfe < calls if fixed else bool(masked.any()):
-        active = slice(None) if fixed else masked.any(1).nonzero().flatten()
-        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(x[active])
-        if mask_id < logits.shape[-1]:
-            raise ValueError(
-                f"mask id {mask_id} is inside the model's vocabulary of {logits.shape[-1]} "
-                "output classes; pass the id the model was trained with as [MASK] (for puma "
-                "models: model.mask_id, the vocabulary size)"
-            )
-        log_probs = logits.float().log_softmax(-1)
-        scores = POLICIES[policy](log_probs, generator)
-        values = choose_values(log_probs, temperature, generator)
-        still = masked[active]
-        remaining = still.sum(1)
-        if threshold is not None:
-            confident = (log_probs.amax(-1).exp() >= threshold) & still
-            reveal = confident | pick_top(scores, still, torch.ones_like(remaining))
-        else:
-            if steps is not None:
-                count = torch.ceil(remaining / max(steps - nfe, 1)).long()
-            else:
-                count = remaining.clamp(max=k)
-            reveal = pick_top(scores, still, count)
-        rows = x[active]
-        x[active] = torch.where(reveal, values, rows)
-        masked[active] = still & ~reveal
-        if order is not None:
-            order[active] = torch.where(reveal, nfe, order[active])
-        nfe += 1
-    return SampleResult(tokens=x, nfe=nfe, order=order)
+    step_logits = DualCache(model, mask_id, refresh) if cache == "dual" else _full(model)
+    nfe = denoise(step_logits, x, mask_id, decoding, order)
+    return SampleResult(tokens=x, nfe=nfe, order=order, cache=cache)
+
+
+def _full(model) -> StepLogits:
+    return lambda x, active: model(x[active])
 
 
 def sample_blocks(
@@ -200,20 +338,24 @@ def sample_blocks(
     block_size: int,
     eos_id: int | None = None,
     record_order: bool = False,
-    **options,
+    decoding: Decoding | None = None,
+    cache: str = "none",
 ) -> SampleResult:
     """Decode blocks of ``block_size`` positions left to right. Block ``n`` is filled by
-    :func:`sample` (any policy, ``k``, ``steps`` or ``threshold`` in ``options``) run on the
-    prefix ``x[:, :end_n]`` only: the model's block-causal (or causal) attention means later
-    blocks are out of its view anyway. Finished blocks and prompt positions are never changed.
-    With ``eos_id``, once a row has generated ``<eos>`` its later masked positions become
-    ``<eos>`` (the padding convention) without network calls; decoding stops when no masks are
-    left. ``nfe`` counts every network call; ``order`` numbers steps across blocks."""
+    :func:`denoise` (any policy and rule in ``decoding``) with the prefix ``x[:, :end_n]`` as
+    the model's input: its block-causal (or causal) attention means later blocks are out of its
+    view anyway. With ``cache='prefix'`` the finished prefix is encoded once
+    (:class:`PrefixCache`). Finished blocks and prompt positions are never changed. With
+    ``eos_id``, once a row has generated ``<eos>`` its later masked positions become ``<eos>``
+    (the padding convention) without network calls; decoding stops when no masks are left.
+    ``nfe`` counts every network call; ``order`` numbers steps across blocks."""
     if block_size < 1:
         raise ValueError(f"block_size must be ≥ 1, got {block_size}")
+    decoding = decoding or Decoding()
     x = x_t.clone()
     generated = x_t == mask_id
     order = torch.full_like(x, -1) if record_order else None
+    prefix = PrefixCache(model, x) if cache == "prefix" else None
     nfe = 0
     for start in range(0, x.shape[1], block_size):
         if eos_id is not None:
@@ -221,15 +363,106 @@ def sample_blocks(
             x[:, start:] = x[:, start:].masked_fill(ended & (x[:, start:] == mask_id), eos_id)
         if not bool((x == mask_id).any()):
             break
-        end = start + block_size
+        end = min(start + block_size, x.shape[1])
         if not bool((x[:, start:end] == mask_id).any()):
             continue
-        result = sample(
-            model, x[:, :end], mask_id, record_order=record_order, block_size=0, **options
-        )
-        x[:, start:end] = result.tokens[:, start:]
-        if order is not None:
-            part = result.order[:, start:]
-            order[:, start:end] = torch.where(part >= 0, part + nfe, -1)
-        nfe += result.nfe
-    return SampleResult(tokens=x, nfe=nfe, order=order)
+        if prefix is not None:
+            step_logits = prefix.block(start, end)
+        else:
+            step_logits = _prefix_forward(model, x, start, end)
+        part = None if order is None else order[:, start:end]
+        nfe += denoise(step_logits, x[:, start:end], mask_id, decoding, part, nfe)
+    return SampleResult(tokens=x, nfe=nfe, order=order, cache=cache)
+
+
+def _prefix_forward(model, x: torch.Tensor, start: int, end: int) -> StepLogits:
+    """Logits of block ``[start, end)`` from a forward over the whole prefix ``x[:, :end]``."""
+    return lambda block, active: model(x[active, :end])[:, start:]
+
+
+class PrefixCache:
+    """Exact key-value caching for block-causal and causal puma models.
+
+    The cache holds every row's keys and values of positions ``< c`` (whole blocks: what later
+    positions see never changes once decoded). The first call of block ``[start, end)`` forwards
+    ``x[:, c:end]`` for every row against the cache and keeps the keys and values of the now
+    finished ``[c, start)``; later calls forward only the block, for the active rows. For a
+    shifted model (ARM) the logits of position ``i`` are computed at ``i−1``, so the forward
+    covers ``[start−1, end−1)`` and an ARM forwards one token per step."""
+
+    def __init__(self, model: Transformer, x: torch.Tensor) -> None:
+        self.model, self.x = model, x
+        self.cache = KVCache(len(model.blocks))
+        self.shift = model.cfg.shift
+        self.mask = model.attention_mask(x.shape[1], x.device)
+
+    def _logits(self, ids: torch.Tensor, first: int, cache: KVCache) -> torch.Tensor:
+        """Unshifted logits of ``ids`` at positions ``first..``, attending to ``cache`` first."""
+        last = first + ids.shape[1]
+        positions = torch.arange(first, last, device=ids.device)
+        return self.model.encode(ids, positions, self.mask[first:last, :last], cache=cache)
+
+    def block(self, start: int, end: int) -> StepLogits:
+        lo, hi = (start - 1, end - 1) if self.shift else (start, end)
+        width = end - start
+
+        def step_logits(block: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+            c = self.cache.length
+            if c < start:  # a new block: encode the finished positions [c, start) once
+                raw = self._logits(self.x[:, c:hi], c, self.cache)
+                self.cache.commit(start - c)
+                raw = raw[active]
+                first = c
+            else:
+                every = isinstance(active, slice) or len(active) == len(self.x)
+                rows = None if every else active
+                view = self.cache.view(rows, max(lo, 0))
+                first = max(lo, 0)
+                raw = self._logits(self.x[active, first:hi], first, view)
+            if lo < 0:  # a shifted model's position 0 has no predecessor: uniform logits
+                raw = torch.cat((torch.zeros_like(raw[:, :1]), raw), dim=1)
+                first = -1
+            return raw[:, lo - first : lo - first + width]
+
+        return step_logits
+
+
+class DualCache:
+    """Approximate key-value caching for bidirectional models (after Fast-dLLM's dual cache).
+
+    Every ``refresh`` calls, a full forward over the active rows caches every position's keys and
+    values and fixes each row's *window*: its positions masked at that moment. The calls in
+    between forward only the window (padded per row by repeating its first position), whose
+    fresh keys and values replace the cached ones there; the positions outside it reuse theirs
+    from the refresh, although the window's tokens have changed since. ``refresh=1`` is exact."""
+
+    def __init__(self, model: Transformer, mask_id: int, refresh: int) -> None:
+        self.model, self.mask_id, self.refresh = model, mask_id, refresh
+        self.calls = 0
+
+    def _refresh(self, ids: torch.Tensor, active: torch.Tensor, mask_id: int) -> torch.Tensor:
+        self.cache = KVCache(len(self.model.blocks))
+        logits = self.model.encode(ids, slice(None, ids.shape[1]), None, cache=self.cache)
+        self.cache.commit(ids.shape[1])
+        masked = ids == mask_id
+        width = int(masked.sum(1).max())
+        window = (~masked).int().argsort(dim=1, stable=True)[:, :width]
+        pad = torch.arange(width, device=ids.device) >= masked.sum(1, keepdim=True)
+        self.window = torch.where(pad, window[:, :1], window)
+        self.rows = active
+        return logits
+
+    def __call__(self, x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        ids = x[active]
+        self.calls += 1
+        if (self.calls - 1) % self.refresh == 0:
+            return self._refresh(ids, active, self.mask_id)
+        every = isinstance(active, slice)  # the GPU's fixed-length loop: all rows, always
+        sel = active if every else torch.searchsorted(self.rows, active)
+        window = self.window[sel]
+        view = self.cache.view(None if every or len(sel) == len(self.rows) else sel)
+        for layer in view.layers:
+            layer.scatter = window
+        raw = self.model.encode(ids.gather(1, window), window, None, cache=view)
+        out = raw.new_zeros(ids.shape[0], ids.shape[1], raw.shape[-1])
+        return out.scatter(1, window.unsqueeze(-1).expand_as(raw), raw)

@@ -57,16 +57,21 @@ def solve_with_model(
     policy: str = "margin",
     k: int | None = 1,
     threshold: float | None = None,
+    **options,
 ) -> list[Solution]:
+    """Decode every puzzle; ``options``: more :func:`~puma_mdm.sampling.sample` keywords
+    (``entropy_bound``, ``cache``, ``refresh``)."""
     examples = task.encode(puzzles)
+    parallel = threshold is not None or options.get("entropy_bound") is not None
     result = sample(
         model,
         task.masked_inputs(examples),
         task.mask_id,
         policy=policy,
-        k=None if threshold is not None else k,
+        k=None if parallel else k,
         threshold=threshold,
         record_order=True,
+        **options,
     )
     grids = task.grids_of(result.tokens)
     order = task.grids_of(result.order).astype(np.int64)

@@ -1,5 +1,5 @@
-"""``puma bench speedup | throughput | prime | blocks``: argument parsing; the work is in
-speedup.py, throughput.py, prime.py and blocks.py."""
+"""``puma bench speedup | throughput | prime | blocks | sampling``: argument parsing; the work
+is in speedup.py, throughput.py, prime.py, blocks.py and sampling.py."""
 
 from __future__ import annotations
 
@@ -155,17 +155,41 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sampling(args: argparse.Namespace) -> int:
+    from puma_mdm.bench.sampling import run_sampling_bench
+
+    models = args.model
+    if not models:
+        if shipped_model() is None:
+            raise PumaError("give --model NAME=DIR: this install has no shipped Sudoku model")
+        models = [f"sudoku={shipped_model()}"]
+    run_sampling_bench(
+        models,
+        decoders=args.decoders,
+        batch_sizes=args.batch_sizes,
+        examples=args.examples,
+        single_examples=args.single_examples,
+        out_dir=args.out_dir,
+        policy=args.policy,
+        caches=tuple(args.caches),
+        refresh=args.refresh,
+        precision=args.precision,
+        threads=args.threads,
+    )
+    return 0
+
+
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from puma_mdm.bench.common import AUTOCASTS
     from puma_mdm.bench.throughput import SIZES, STRATEGIES
-    from puma_mdm.sampling import POLICIES
+    from puma_mdm.sampling import CACHES, POLICIES
 
     """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``) to the ``puma``
     command's sub-parsers; each sub-command sets ``func``."""
     bench = subparsers.add_parser(
         "bench",
         help="benchmarks: PUMA's training speed-up, training and sampling throughput, MDM-Prime, "
-        "block-diffusion training",
+        "block-diffusion training, decoders and caches",
         description="Benchmarks. Results go to JSON (and a PNG for speedup and blocks) in "
         "--out-dir.",
     )
@@ -173,7 +197,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         dest="benchmark",
         required=True,
         metavar="BENCHMARK",
-        help="speedup, throughput, prime or blocks",
+        help="speedup, throughput, prime, blocks or sampling",
     )
 
     p = sub.add_parser(
@@ -428,4 +452,78 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="where blocks.json is written",
     )
     p.set_defaults(func=cmd_blocks)
+
+    p = sub.add_parser(
+        "sampling",
+        help="accuracy, network calls and wall-clock of every decoder, cached and uncached",
+        description=(
+            "Decode held-out examples of trained models with every decoder (k tokens per call, "
+            "a confidence threshold, an entropy bound) at several batch sizes, once per cache "
+            "kind each model can use (none; prefix for block and autoregressive models; dual "
+            "for bidirectional ones); write sampling.json and sampling.png (accuracy against "
+            "network calls)."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=DIR",
+        help="a trained model (or run directory) and its label; repeat for several (default: "
+        "sudoku=the shipped model)",
+    )
+    p.add_argument(
+        "--decoders",
+        type=A.list_of(str),
+        default="k=1,k=2,k=3,tau=0.9,eb=0.1,eb=0.3,eb=1",
+        help="comma-separated decoders: k=N tokens per call, tau=X threshold, eb=X entropy bound",
+    )
+    p.add_argument(
+        "--policy",
+        type=A.one_of(POLICIES),
+        default="margin",
+        help="unmasking policy of every decoder",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=A.list_of(A.positive_int),
+        default="1,64",
+        help="comma-separated batch sizes",
+    )
+    p.add_argument(
+        "--examples",
+        type=A.positive_int,
+        default=256,
+        help="held-out examples decoded at batch sizes > 1",
+    )
+    p.add_argument(
+        "--single-examples",
+        type=A.positive_int,
+        default=8,
+        help="held-out examples decoded at batch size 1",
+    )
+    p.add_argument(
+        "--caches",
+        type=A.list_of(A.one_of(CACHES)),
+        default="none,prefix,dual",
+        help="cache kinds (each where usable)",
+    )
+    p.add_argument(
+        "--refresh", type=A.positive_int, default=4, help="dual cache: calls between refreshes"
+    )
+    p.add_argument(
+        "--precision", type=A.one_of(AUTOCASTS), default="bf16", help="fp32 or bf16 (autocast)"
+    )
+    p.add_argument(
+        "--threads",
+        type=A.nonnegative_int,
+        default=0,
+        help="torch threads (0: torch's default)",
+    )
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/bench-sampling",
+        help="where results are written",
+    )
+    p.set_defaults(func=cmd_sampling)
     return bench

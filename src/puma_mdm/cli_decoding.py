@@ -1,0 +1,106 @@
+"""Command-line options of the sampler shared by ``puma solve``, ``sample`` and ``eval``: the
+rule that decides how many positions each network call reveals, and the key-value cache."""
+
+from __future__ import annotations
+
+import argparse
+
+from puma_mdm import arguments as A
+from puma_mdm.errors import PumaError
+from puma_mdm.sampling import CACHES, POLICIES, check_cache, check_sampling_args
+
+
+def add_cache_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache",
+        type=A.one_of(CACHES),
+        default="auto",
+        help="key-value cache: auto (exact 'prefix' for block-diffusion and autoregressive "
+        "models, else none), none, prefix, dual (approximate, bidirectional models)",
+    )
+    p.add_argument(
+        "--refresh",
+        type=A.positive_int,
+        default=4,
+        help="--cache dual: network calls between refreshes",
+    )
+
+
+def add_policy_arguments(p: argparse.ArgumentParser, unit: str) -> None:
+    """``--policy``, ``--k`` and ``--threshold`` of one decoding run."""
+    p.add_argument(
+        "--policy",
+        type=A.one_of(POLICIES),
+        default="margin",
+        help=f"unmasking policy: {', '.join(sorted(POLICIES))}",
+    )
+    p.add_argument("--k", type=A.positive_int, default=1, help=f"{unit} revealed per step")
+    p.add_argument(
+        "--threshold",
+        type=A.threshold,
+        help=f"reveal every one of the {unit} at least this confident, in (0, 1] (not --k)",
+    )
+
+
+def add_decoding_arguments(p: argparse.ArgumentParser, unit: str) -> None:
+    """:func:`add_policy_arguments`, ``--entropy-bound``, ``--cache`` and ``--refresh``."""
+    add_policy_arguments(p, unit)
+    p.add_argument(
+        "--entropy-bound",
+        type=A.positive_float,
+        metavar="GAMMA",
+        help=f"reveal, in the policy's order, the most {unit} whose summed entropy minus the "
+        "largest one stays ≤ GAMMA nats (EB-sampler; not --k)",
+    )
+    add_cache_arguments(p)
+
+
+def check_cache_option(model, args: argparse.Namespace) -> None:
+    """Refuse a ``--cache``/``--refresh`` the model cannot use (exit 2, one line)."""
+    cfg = getattr(model, "cfg", None)
+    block = 1 if getattr(cfg, "causal", False) else getattr(cfg, "block_size", 0)
+    if args.cache not in CACHES:
+        raise PumaError(f"--cache {args.cache}: not one of {', '.join(CACHES)}")
+    try:
+        check_cache(model, args.cache, args.refresh, block)
+    except ValueError as err:
+        raise PumaError(f"--cache {args.cache}: {err}") from None
+
+
+def decoding_options(args: argparse.Namespace) -> dict:
+    """The sampler keywords the options ask for, checked (exit 2 on a bad value)."""
+    if args.threshold is not None and args.entropy_bound is not None:
+        raise PumaError("give --threshold or --entropy-bound, not both")
+    parallel = args.threshold is not None or args.entropy_bound is not None
+    options = {
+        "policy": args.policy,
+        "k": None if parallel else args.k,
+        "threshold": args.threshold,
+        "entropy_bound": args.entropy_bound,
+        "cache": args.cache,
+        "refresh": args.refresh,
+    }
+    try:
+        check_sampling_args(
+            args.policy, options["k"], None, args.threshold, 0.0, args.entropy_bound
+        )
+    except ValueError as err:
+        raise PumaError(str(err)) from None
+    return options
+
+
+def check_table_options(
+    policies: list[str], ks: list[int], thresholds: list[float], bounds: list[float]
+) -> None:
+    """``puma eval``'s lists, each value checked before any model time is spent."""
+    try:
+        for policy in policies:
+            check_sampling_args(policy, None, None, None, 0.0)
+        for k in ks:
+            check_sampling_args("margin", k, None, None, 0.0)
+        for threshold in thresholds:
+            check_sampling_args("margin", None, None, threshold, 0.0)
+        for gamma in bounds:
+            check_sampling_args("margin", None, None, None, 0.0, gamma)
+    except ValueError as err:
+        raise PumaError(str(err)) from None

@@ -1,0 +1,122 @@
+"""``puma bench sampling`` on tiny saved models of the sort task, and the decoding options of
+``puma eval``, ``solve`` and ``sample``."""
+
+import json
+
+import pytest
+import torch
+
+from puma_mdm.bench.sampling import pareto, run_sampling_bench
+from puma_mdm.cli import main
+from puma_mdm.errors import PumaError
+from puma_mdm.files import write_json
+from puma_mdm.model import ModelConfig, Transformer
+from puma_mdm.tasks import build_task
+
+SORT = {"length": 4, "n_train": 50, "n_eval": 16}
+PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
+
+
+def saved(tmp_path, name: str, **kind) -> str:
+    task = build_task("sort", SORT)
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(vocab_size=task.vocab_size, seq_len=task.seq_len, dim=16, n_layers=1, **kind)
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / name)
+    write_json(tmp_path / name / "task.json", {"name": "sort", "options": SORT})
+    return f"{name}={tmp_path / name}"
+
+
+def test_sampling_bench_runs_every_usable_cache_and_writes_json_and_png(tmp_path):
+    models = [
+        saved(tmp_path, "block", block_size=4),
+        saved(tmp_path, "arm", causal=True, shift=True),
+        saved(tmp_path, "mdm"),
+    ]
+    report = run_sampling_bench(
+        models, ["k=1", "eb=0.5"], [1, 4], 8, 2, tmp_path / "out", precision="fp32"
+    )
+    rows = report["rows"]
+    caches = {(r["model"], r["cache"]) for r in rows}
+    assert caches == {
+        ("block", "none"),
+        ("block", "prefix"),
+        ("arm", "none"),
+        ("arm", "prefix"),
+        ("mdm", "none"),
+        ("mdm", "dual"),
+    }
+    assert len(rows) == 3 * 2 * 2 * 2
+    assert all(r["identical_to_uncached"] for r in rows if r["cache"] in ("none", "prefix"))
+    assert {r["examples"] for r in rows if r["batch_size"] == 1} == {2}
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["nfe"] >= 1 for r in rows)
+    assert len(report["cache_speedups"]) == len(rows) // 2
+    saved_report = json.loads((tmp_path / "out" / "sampling.json").read_text())
+    assert saved_report["rows"] == json.loads(json.dumps(rows))
+    assert (tmp_path / "out" / "sampling.png").stat().st_size > 0
+
+
+def test_pareto_keeps_only_undominated_points():
+    assert pareto([(10, 50), (5, 40), (7, 30), (20, 90), (20, 60)]) == [
+        (5, 40),
+        (10, 50),
+        (20, 90),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--decoders", "k=0"], "k"),
+        (["--decoders", "fast"], "not k=N"),
+        (["--model", "nolabel"], "NAME=DIRECTORY"),
+        (["--caches", "none,turbo"], "turbo"),
+        (["--batch-sizes", "0"], "less than 1"),
+    ],
+)
+def test_sampling_bench_rejects_bad_options(tmp_path, capsys, arguments, message):
+    code = main(["bench", "sampling", "--out-dir", str(tmp_path), *arguments])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_solve_with_the_entropy_bound_and_refused_caches(capsys):
+    assert main(["solve", PUZZLE, "--entropy-bound", "0.3"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "solved" in out or "INVALID" in out
+    for bad, message in [
+        (["--cache", "prefix"], "exact only"),
+        (["--entropy-bound", "-1"], "--entropy-bound"),
+        (["--entropy-bound", "0.3", "--threshold", "0.9"], "not both"),
+        (["--cache", "dual", "--refresh", "0"], "refresh"),
+    ]:
+        assert main(["solve", PUZZLE, *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_table_has_entropy_bounded_rows_beside_k(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    args = ["eval", "--n", "4", "--policies", "margin", "--ks", "1", "--thresholds", ""]
+    assert main([*args, "--entropy-bounds", "0.3", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["k"], r["entropy_bound"], r["cache"]) for r in rows] == [
+        (1, None, "none"),
+        (None, 0.3, "none"),
+    ]
+    assert rows[1]["nfe"] <= rows[0]["nfe"]
+    assert main([*args, "--entropy-bounds", "x"]) == 2
+    assert main([*args, "--ks", "0"]) == 2
+    assert main([*args, "--cache", "dual", "--refresh", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["cache"] == "dual"
+    capsys.readouterr()
+
+
+def test_bench_sampling_module_errors_are_puma_errors(tmp_path):
+    with pytest.raises(PumaError, match="precision"):
+        run_sampling_bench(["a=b"], ["k=1"], [1], 1, 1, tmp_path, precision="fp8")
