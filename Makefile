@@ -6,7 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint corpus
 
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# The sandbox for generated programs (src/puma_mdm/sandbox.py) needs bubblewrap and libseccomp.
 $(STAMP): pyproject.toml constraints.txt
+	command -v bwrap >/dev/null || ! command -v apt-get >/dev/null || \
+		$(SUDO) apt-get install -y -q bubblewrap libseccomp2 || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q bubblewrap libseccomp2; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,hf]"
@@ -29,7 +35,6 @@ lint: $(STAMP)
 # A real text corpus for `puma train --config text`: the King James Bible from Debian's
 # bible-kjv-text (read with its `bible` program), one chapter per paragraph, one verse per line,
 # without verse references. The library does not need it; only this target installs it.
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CORPUS := data/corpus/kjv.txt
 
 corpus: $(CORPUS)

@@ -103,7 +103,9 @@ def test_arm_then_arm_initialised_puma(tmp_path):
     )
     assert mdm.model.cfg.shift and not mdm.model.cfg.causal
     # initialised (not random): it starts from far below a fresh network's bound
-    fresh = Trainer(load_config(None, [*TINY, "task.options.length=6"]))
+    fresh = Trainer(
+        load_config(None, [*TINY, "task.options.length=6", f"logging.out_dir={tmp_path / 'fresh'}"])
+    )
     untrained = nll_bound(fresh.model, fresh.eval_set, fresh.task.mask_id)
     assert start < untrained
     saved = Transformer.from_pretrained(tmp_path / "mdm" / "model")

@@ -297,9 +297,9 @@ def test_bench_parser_has_every_command():
     args = parser.parse_args(["bench", "speedup", "--seeds", "2", "training.lr=1e-3"])
     assert args.seeds == 2 and args.overrides == ["training.lr=1e-3"] and callable(args.func)
     args = parser.parse_args(["bench", "throughput", "--sample-batches", "1,4"])
-    assert args.sample_batches == "1,4" and args.train_steps == 5
+    assert args.sample_batches == [1, 4] and args.train_steps == 5
     args = parser.parse_args(["bench", "blocks", "--block-sizes", "4,8", "--precision", "fp32"])
-    assert (args.block_sizes, args.precision, args.length) == ("4,8", "fp32", 160)
+    assert (args.block_sizes, args.precision, args.length) == ([4, 8], "fp32", 160)
 
 
 def fake_training_run(directory, strategy, seed, accuracies, **config):

@@ -1,6 +1,8 @@
 """Checkpoints survive crashes, are pruned, keep the best weights, and fail loudly when unusable."""
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from puma_mdm.cli import bundled_config, main
+from puma_mdm.errors import ModelLoadError
+from puma_mdm.manifest import MANIFEST_NAME
+from puma_mdm.pretrained import load_trained
 from puma_mdm.train.checkpoint import STATE_NAME, checkpoint_dirs, load_checkpoint
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer
@@ -113,7 +118,7 @@ def test_best_keeps_the_weights_of_the_best_evaluation(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "best" / "task.json").read_text())["name"] == "sort"
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "no manifest"])
 def test_corrupt_train_state_is_a_one_line_error(finished_run, tmp_path, capsys, damage):
     run = tmp_path / "run"
     run.mkdir()
@@ -127,9 +132,49 @@ def test_corrupt_train_state_is_a_one_line_error(finished_run, tmp_path, capsys,
     state = copy / STATE_NAME
     data = state.read_bytes()
     state.write_bytes(b"not a checkpoint" * 10 if damage == "garbage" else data[: len(data) // 2])
+    if damage == "no manifest":  # a checkpoint from before manifests: torch.load finds it
+        (copy / MANIFEST_NAME).unlink()
 
     err = cli_error(capsys, "--resume", str(run))
-    assert f"{state} is corrupt or unreadable" in err
+    if damage == "no manifest":
+        assert f"{state} is corrupt or unreadable" in err
+    else:
+        assert f"{state} is corrupt (its sha256 differs from manifest.json)" in err
+    assert "no earlier checkpoint is intact" in err
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", STATE_NAME, "config.json", "task.json"])
+def test_a_flipped_byte_anywhere_in_a_checkpoint_names_it_and_the_previous_good_one(
+    finished_run, tmp_path, capsys, name
+):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    previous, latest = checkpoint_dirs(run)
+    data = bytearray((latest / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (latest / name).write_bytes(bytes(data))
+
+    err = cli_error(capsys, "--resume", str(run))
+    assert f"{latest / name} is corrupt (its sha256 differs from manifest.json)" in err
+    assert f"the previous good checkpoint is {previous}: delete {latest}" in err
+
+
+def test_a_flipped_byte_in_a_model_directory_is_refused(finished_run, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(finished_run / "model", model)
+    assert load_trained(model)[0].num_parameters() > 0  # intact: loads
+    weights = model / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor: safetensors itself would not notice
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match=re.escape(f"{weights} is corrupt")):
+        load_trained(model)
+    (model / MANIFEST_NAME).unlink()
+    (model / "task.json").unlink()
+    with pytest.raises(
+        ModelLoadError, match=re.escape("has no task.json")
+    ):  # without a manifest: no such check
+        load_trained(model)
 
 
 def test_missing_run_or_checkpoint_is_a_one_line_error(tmp_path, capsys):
@@ -143,9 +188,20 @@ def test_missing_run_or_checkpoint_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_resume_refuses_a_different_model_shape(finished_run, capsys):
-    err = cli_error(capsys, "--resume", str(finished_run), "model.dim=64")
-    assert "the model shape changed (dim: checkpoint 32, config 64)" in err
+    before = (finished_run / "config.yaml").read_text()
+    for override, says in [
+        ("model.dim=64", "model.dim=64 (the run has 32)"),
+        ("training.batch_size=8", "training.batch_size=8 (the run has 16)"),
+        ("training.strategy=standard", "training.strategy='standard' (the run has 'progressive')"),
+        ("training.lr=0.5", "training.lr=0.5 (the run has"),
+    ]:
+        err = cli_error(capsys, "--resume", str(finished_run), override)
+        assert f"cannot resume {finished_run} with {says}" in err
+    for flag in ("--out-dir", "--config", "--data"):
+        err = cli_error(capsys, "--resume", str(finished_run), flag, str(finished_run))
+        assert f"{flag} cannot be used with --resume" in err
     assert names(finished_run) == ["step-00000005", "step-00000010"]  # untouched
+    assert (finished_run / "config.yaml").read_text() == before
 
 
 def test_missing_train_data_file_is_named(tmp_path, capsys):

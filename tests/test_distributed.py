@@ -14,6 +14,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from puma_mdm.cli import bundled_config, main
+from puma_mdm.manifest import write_manifest
 from puma_mdm.model import Transformer
 from puma_mdm.tasks import build_task
 from puma_mdm.train.checkpoint import STATE_NAME, checkpoint_path, load_checkpoint
@@ -114,6 +115,7 @@ def test_resume_needs_the_same_number_of_processes(tmp_path, capsys):
     state = torch.load(path, weights_only=True)
     state["ranks"] = state["ranks"] * 2
     torch.save(state, path)
+    write_manifest(path.parent)  # as if really written by 2 processes
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "training.steps=2"]) == 2
     err = capsys.readouterr().err

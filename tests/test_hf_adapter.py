@@ -1,6 +1,7 @@
 """Any Hugging Face model as the network of `puma train` (puma_mdm.hf.adapter)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,16 +76,17 @@ def test_our_loss_on_an_hf_model_equals_the_computation_by_hand(tmp_path, arch, 
 def test_both_strategies_drive_the_toy_loss_down_on_an_hf_model(tmp_path, strategy):
     path = build("qwen2", tmp_path / "qwen2")  # a decoder, made bidirectional on load
     overrides = [*RUN, f"training.strategy={strategy}", "training.steps=250"]
-    cfg = load_config(None, [*overrides, f"model.hf_path={path}", f"logging.out_dir={tmp_path}"])
+    run = tmp_path / "run"
+    cfg = load_config(None, [*overrides, f"model.hf_path={path}", f"logging.out_dir={run}"])
     trainer = Trainer(cfg)
     assert isinstance(trainer.model, HFDenoiser)
     untrained = nll_bound(trainer.model, trainer.eval_set, trainer.task.mask_id, samples=4)
     trainer.train()
     trained = nll_bound(trainer.model, trainer.eval_set, trainer.task.mask_id, samples=4)
     assert trained < 0.8 * untrained, (untrained, trained)
-    saved = Transformer.from_pretrained(tmp_path / "model")  # the HF files + puma_hf.json
+    saved = Transformer.from_pretrained(run / "model")  # the HF files + puma_hf.json
     assert isinstance(saved, HFDenoiser)
-    assert json.loads((tmp_path / "model" / "puma_hf.json").read_text())["vocab_size"] == 10
+    assert json.loads((run / "model" / "puma_hf.json").read_text())["vocab_size"] == 10
     for a, b in zip(saved.parameters(), trainer.model.parameters(), strict=True):
         assert torch.equal(a, b)
 
@@ -194,12 +196,15 @@ def test_vocabularies_that_do_not_match(tmp_path, capsys):
     assert "at most 8 (max_position_embeddings)" in err
 
 
-def test_custom_code_needs_trust_remote_code(tmp_path, capsys):
-    path = build("bert", tmp_path / "custom", num_hidden_layers=1)
+def custom_code_model(path: Path, ran: Path) -> Path:
+    """A BERT whose config names model code shipped in its directory; importing that code
+    creates the file ``ran``."""
+    path = build("bert", path, num_hidden_layers=1)
     auto_map = {"AutoConfig": "configuration_tiny.TinyConfig"}
     auto_map["AutoModelForMaskedLM"] = "modeling_tiny.TinyForMaskedLM"
     edit_config(path, model_type="puma-tiny", architectures=["TinyForMaskedLM"], auto_map=auto_map)
     (path / "configuration_tiny.py").write_text(
+        f"import pathlib\npathlib.Path({str(ran)!r}).touch()\n"
         "from transformers import BertConfig\n\n\n"
         "class TinyConfig(BertConfig):\n    model_type = 'puma-tiny'\n"
     )
@@ -207,15 +212,41 @@ def test_custom_code_needs_trust_remote_code(tmp_path, capsys):
         "from transformers import BertForMaskedLM\n\nfrom .configuration_tiny import TinyConfig"
         "\n\n\nclass TinyForMaskedLM(BertForMaskedLM):\n    config_class = TinyConfig\n"
     )
+    return path
+
+
+def test_custom_code_needs_trust_remote_code(tmp_path, capsys):
+    path = custom_code_model(tmp_path / "custom", tmp_path / "ran")
     err = run_error(tmp_path, capsys, f"model.hf_path={path}")
     assert "needs the code shipped in its directory" in err
     assert "model.trust_remote_code=true" in err
     model, mask, _ = load_hf_model(path, trust_remote_code=True)
     assert type(model).__name__ == "TinyForMaskedLM" and mask == 10
 
+    assert (tmp_path / "ran").exists()
     edit_config(path, drop=("auto_map",), model_type="puma-unknown")
     err = run_error(tmp_path, capsys, f"model.hf_path={path}")
     assert "model_type 'puma-unknown' is unknown to transformers" in err
+
+
+def test_a_model_directory_cannot_grant_itself_remote_code(tmp_path, capsys):
+    ran = tmp_path / "ran"
+    path = custom_code_model(tmp_path / "stranger", ran)
+    record = HFModelSpec(vocab_size=10, seq_len=8, mask_token_id=10, trust_remote_code=True)
+    (path / "puma_hf.json").write_text(json.dumps(record.to_dict()))
+    (path / "task.json").write_text(json.dumps({"name": "sort", "options": {"length": 4}}))
+    for command in (
+        ["eval", "--n", "2"],
+        ["sample"],
+        ["solve", "." * 81],
+        ["export", "--to", "hf", str(tmp_path / "out")],
+    ):
+        assert main([*command, "--model", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "needs the code shipped in its directory" in err and "--trust-remote-code" in err
+    assert not ran.exists()  # nothing from the directory was imported
+    assert isinstance(Transformer.from_pretrained(path, trust_remote_code=True), HFDenoiser)
+    assert ran.exists()  # the user's own flag, and only it, runs the code
 
 
 def test_prime_and_an_hf_model_do_not_mix(tmp_path, capsys):

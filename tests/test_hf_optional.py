@@ -26,7 +26,8 @@ run = ["train", "--config", "sort", "--out-dir", sys.argv[1], "training.steps=2"
        "logging.tensorboard=false", "checkpoint.every=0", "eval.every=0"]
 assert main(run) == 0
 assert "transformers" not in sys.modules
-assert main([*run, "model.hf_path=" + sys.argv[1]]) == 2
+hf_run = [*run[:4], sys.argv[1] + "/hf-run", *run[5:]]  # a new run directory
+assert main([*hf_run, "model.hf_path=" + sys.argv[1]]) == 2
 assert main(["export", "--model", sys.argv[1], "--to", "hf", sys.argv[1] + "/hf"]) == 2
 for use in (lambda: load_tokenizer(sys.argv[1]),
             lambda: __import__("puma_mdm.hf.trainer_integration")):

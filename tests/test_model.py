@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -59,7 +61,15 @@ def test_load_errors_are_clear(tmp_path):
         Transformer.from_pretrained(tmp_path)
     small().save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors is corrupt \(its sha256"):
+        Transformer.from_pretrained(tmp_path)
+    (tmp_path / "manifest.json").unlink()  # a directory from before manifests
     with pytest.raises(ModelLoadError, match="cannot read weights"):
+        Transformer.from_pretrained(tmp_path)
+    other = tmp_path / "other"
+    small(dim=64).save_pretrained(other)
+    (tmp_path / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    with pytest.raises(ModelLoadError, match=r"weights do not match config\.json"):
         Transformer.from_pretrained(tmp_path)
 
 
@@ -106,3 +116,31 @@ def test_explicit_low_precision_attention_matches_sdpa(mask):
     torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
     for a, b in zip(low_in, ref_in, strict=True):
         torch.testing.assert_close(a.grad.float(), b.grad, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {},
+        {"n_kv_heads": 2, "tie_head": True, "mlp_hidden": 40},
+        {"position_tables": {"row": [0, 1, 2, 0, 1, 2, 0, 1]}, "rope": False},
+    ],
+)
+def test_the_parameter_count_from_the_config_is_exact(shape):
+    cfg = ModelConfig(vocab_size=11, seq_len=8, dim=32, n_layers=2, n_heads=4, **shape)
+    assert cfg.num_parameters() == Transformer(cfg).num_parameters()
+
+
+def test_a_config_too_large_for_memory_is_refused_before_allocating(tmp_path, capsys):
+    model = tmp_path / "model"
+    Transformer(
+        ModelConfig(vocab_size=11, seq_len=8, dim=32, n_layers=1, n_heads=4)
+    ).save_pretrained(model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "n_layers": 1_000_000_000}))
+    (model / "manifest.json").unlink()
+    with pytest.raises(
+        ModelLoadError,
+        match=r"13,376,000,\d{3},\d{3} parameters \(\d+\.\d GiB in float32\) cannot fit",
+    ):
+        Transformer.from_pretrained(model)

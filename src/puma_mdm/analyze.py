@@ -13,7 +13,9 @@ def cmd_mismatch(args: argparse.Namespace) -> int:
     from puma_mdm.mismatch import format_mismatch, measure_mismatch, plot_mismatch
     from puma_mdm.pretrained import load_trained, resolve_model_dir
 
-    model, task = load_trained(args.model, expect_task=args.task)
+    model, task = load_trained(
+        args.model, expect_task=args.task, trust_remote_code=args.trust_remote_code
+    )
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
     settings = {
@@ -63,7 +65,9 @@ def cmd_mismatch(args: argparse.Namespace) -> int:
 
 def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``analyze`` (with ``mismatch``) to the ``puma`` command's sub-parsers."""
+    from puma_mdm import arguments as A
     from puma_mdm.cli import add_model_arguments
+    from puma_mdm.cli_decoding import add_policy_arguments
 
     analyze = subparsers.add_parser("analyze", help="measurements on a trained model")
     sub = analyze.add_subparsers(
@@ -81,17 +85,23 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         ),
     )
     add_model_arguments(p)
-    p.add_argument("--data", help="example file to use instead of the task's held-out set")
-    p.add_argument("--n", type=int, default=200, help="number of examples")
-    p.add_argument("--policy", default="margin", help="unmasking policy of the decoder")
-    p.add_argument("--k", type=int, default=1, help="positions revealed per step")
-    p.add_argument("--threshold", type=float, help="threshold decoding instead of --k")
-    p.add_argument("--bins", type=int, default=8, help="stage bins K (fraction unmasked)")
-    p.add_argument("--draws", type=int, default=4, help="random masks averaged per state")
-    p.add_argument("--batch-size", type=int, default=256, help="sequences per forward")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random masks")
+    p.add_argument(
+        "--data",
+        type=A.existing_path,
+        help="example file to use instead of the task's held-out set",
+    )
+    p.add_argument("--n", type=A.positive_int, default=200, help="number of examples")
+    add_policy_arguments(p, "positions")
+    p.add_argument(
+        "--bins", type=A.positive_int, default=8, help="stage bins K (fraction unmasked)"
+    )
+    p.add_argument(
+        "--draws", type=A.positive_int, default=4, help="random masks averaged per state"
+    )
+    p.add_argument("--batch-size", type=A.positive_int, default=256, help="sequences per forward")
+    p.add_argument("--seed", type=A.nonnegative_int, default=0, help="seed of the random masks")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast instead of float32")
-    p.add_argument("--out", default="mismatch.json", help="JSON output file")
-    p.add_argument("--plot", help="PNG output file (default: --out with .png)")
+    p.add_argument("--out", type=A.output_file, default="mismatch.json", help="JSON output file")
+    p.add_argument("--plot", type=A.output_file, help="PNG output file (default: --out with .png)")
     p.set_defaults(func=cmd_mismatch)
     return analyze

@@ -8,8 +8,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from puma_mdm import arguments as A
 from puma_mdm.analyze import add_analyze_parser
-from puma_mdm.bench.cli import add_bench_parser, parse_list
+from puma_mdm.bench.cli import add_bench_parser
 from puma_mdm.cli_decoding import (
     add_cache_arguments,
     add_decoding_arguments,
@@ -38,6 +39,9 @@ def config_path(value: str) -> Path:
     return bundled_config(value)
 
 
+FRESH_ONLY = ("config", "out_dir", "data", "tokenizer", "overwrite")  # not with --resume
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from puma_mdm.errors import CheckpointError
     from puma_mdm.train.config import load_config
@@ -46,6 +50,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     if args.resume:
+        given = [f"--{name.replace('_', '-')}" for name in FRESH_ONLY if getattr(args, name)]
+        if given:
+            raise PumaError(
+                f"{given[0]} cannot be used with --resume: a resumed run keeps its directory, "
+                "config and data (start a new run for others)"
+            )
         run = Path(args.resume)
         if not run.is_dir():
             raise CheckpointError(f"--resume {run}: no such run directory")
@@ -63,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"task.options.tokenizer={args.tokenizer}")
         cfg = load_config(config_path(args.config), overrides)
     try:
-        trainer = Trainer(cfg, resume=bool(args.resume))
+        trainer = Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite)
         metrics = trainer.train()
     finally:
         shutdown()  # leave the torchrun process group, if any
@@ -96,12 +106,32 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--model`` (a trained model or run directory) and ``--task`` (default: its own)."""
+    from puma_mdm.tasks import TASKS
+
     p.add_argument(
         "--model",
         default=str(default_model()),
         help="model or run directory (default: the shipped Sudoku model)",
     )
-    p.add_argument("--task", help="task name (default: the task the model was trained on)")
+    p.add_argument(
+        "--task",
+        type=A.one_of(TASKS),
+        help="task name (default: the task the model was trained on)",
+    )
+    add_trust_argument(p)
+
+
+def add_overrides_argument(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("overrides", nargs="*", type=A.key_value, metavar="KEY=VALUE", help=help)
+
+
+def add_trust_argument(p: argparse.ArgumentParser) -> None:
+    """``--trust-remote-code``: the user's own decision, never read from the model directory."""
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow running Python code shipped in a Hugging Face model directory (auto_map)",
+    )
 
 
 def default_model() -> Path:
@@ -118,18 +148,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from puma_mdm.policy_table import format_table, policy_table
     from puma_mdm.pretrained import load_trained, resolve_model_dir
 
-    policies = parse_list(args.policies, str, "--policies")
-    ks = parse_list(args.ks, int, "--ks")
-    thresholds = parse_list(args.thresholds, float, "--thresholds")
-    bounds = parse_list(args.entropy_bounds, float, "--entropy-bounds")
-    check_table_options(policies, ks, thresholds, bounds)
-    model, task = load_trained(args.model, expect_task=args.task)
+    model, task = load_trained(
+        args.model, expect_task=args.task, trust_remote_code=args.trust_remote_code
+    )
+    check_table_options(args.policies, args.ks, args.thresholds, args.entropy_bounds)
     check_cache_option(model, args)
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
     prime = getattr(model, "codec", None) is not None
+    bounds = args.entropy_bounds
     if prime and bounds:  # digit-by-digit decoding has no entropy-bounded rule
-        if args.entropy_bounds != DEFAULT_ENTROPY_BOUNDS:
+        if bounds != A.list_of(A.positive_float)(DEFAULT_ENTROPY_BOUNDS):
             raise PumaError(
                 "--entropy-bounds: MDM-Prime models are decoded digit by digit, without an "
                 "entropy-bounded rule; drop the option"
@@ -144,9 +173,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model,
             task,
             examples,
-            policies=policies,
-            ks=ks,
-            thresholds=thresholds,
+            policies=args.policies,
+            ks=args.ks,
+            thresholds=args.thresholds,
             batch_size=args.batch_size,
             autocast_dtype=None if args.fp32 else torch.bfloat16,
             entropy_bounds=bounds,
@@ -161,10 +190,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model,
             task,
             examples,
-            policies=policies,
-            time_steps=parse_list(args.time_steps, int, "--time-steps")
-            if args.time_steps
-            else [task.seq_len],
+            policies=args.policies,
+            time_steps=args.time_steps or [task.seq_len],
             nll_samples=args.nll_samples,
             batch_size=args.batch_size,
             autocast_dtype=None if args.fp32 else torch.bfloat16,
@@ -207,7 +234,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
     options = decoding_options(args)
     puzzles = read_input(args.puzzle)
     check_solvable(puzzles)
-    model, task = load_trained(args.model, expect_task="sudoku")
+    model, task = load_trained(
+        args.model, expect_task="sudoku", trust_remote_code=args.trust_remote_code
+    )
     check_cache_option(model, args)
     solutions = solve_with_model(model, task, puzzles, **options)
     for i, s in enumerate(solutions):
@@ -241,7 +270,9 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from puma_mdm.sampling import POLICIES
+
+    parser = A.Parser(
         prog="puma",
         description="Masked diffusion models trained with PUMA (progressive unmasking).",
     )
@@ -258,9 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", help="YAML config file, or a bundled config name (see `puma configs`)"
     )
-    p.add_argument("--out-dir", help="run directory (overrides logging.out_dir)")
+    p.add_argument("--out-dir", type=A.output_dir, help="run directory (overrides logging.out_dir)")
     p.add_argument(
-        "--data", help="text corpus (.txt/.jsonl file or directory): sets task.options.data"
+        "--data",
+        type=A.existing_path,
+        help="text corpus (.txt/.jsonl file or directory): sets task.options.data",
     )
     p.add_argument(
         "--tokenizer",
@@ -269,9 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
         "sets task.options.tokenizer",
     )
     p.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its latest checkpoint",
     )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out-dir (its checkpoints, model and logs)",
+    )
+    add_overrides_argument(p, "config overrides (dot-list)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -285,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="YAML config file or bundled config name")
     p.add_argument("--force", action="store_true", help="replace shards that are already there")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
+    add_overrides_argument(p, "config overrides (dot-list)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
@@ -301,36 +341,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(p)
     p.add_argument(
-        "--data", help="file of examples (puzzles, problems, text) instead of the held-out set"
+        "--data",
+        type=A.existing_path,
+        help="file of examples (puzzles, problems, text) instead of the held-out set",
     )
-    p.add_argument("--n", type=int, default=1000, help="number of examples evaluated")
+    p.add_argument("--n", type=A.positive_int, default=1000, help="number of examples evaluated")
     p.add_argument(
-        "--policies", default="random,top_prob,margin,entropy", help="comma-separated policies"
+        "--policies",
+        type=A.list_of(A.one_of(POLICIES)),
+        default="random,top_prob,margin,entropy",
+        help="comma-separated policies",
     )
-    p.add_argument("--ks", default="1,2,3", help="comma-separated tokens-per-step values")
     p.add_argument(
-        "--thresholds", default="0.9", help="comma-separated confidence thresholds ('' for none)"
+        "--ks",
+        type=A.list_of(A.positive_int),
+        default="1,2,3",
+        help="comma-separated tokens-per-step values",
+    )
+    p.add_argument(
+        "--thresholds",
+        type=A.list_of(A.threshold, allow_empty=True),
+        default="0.9",
+        help="comma-separated confidence thresholds in (0, 1] ('' for none)",
+    )
+    p.add_argument(
+        "--batch-size", type=A.positive_int, default=500, help="examples decoded at once"
     )
     p.add_argument(
         "--entropy-bounds",
+        type=A.list_of(A.positive_float, allow_empty=True),
         default=DEFAULT_ENTROPY_BOUNDS,
         help="comma-separated entropy bounds γ (nats) of entropy-bounded decoding ('' for none)",
     )
     add_cache_arguments(p)
-    p.add_argument("--batch-size", type=int, default=500, help="examples decoded at once")
     p.add_argument("--fp32", action="store_true", help="decode in float32 instead of bf16 autocast")
     p.add_argument(
-        "--samples", type=int, default=4, help="text tasks: Monte-Carlo draws of the NLL bound"
+        "--samples",
+        type=A.positive_int,
+        default=4,
+        help="text tasks: Monte-Carlo draws of the NLL bound",
     )
     p.add_argument(
         "--time-steps",
+        type=A.list_of(A.positive_int),
         help="MDM-Prime models: comma-separated step counts T of the ancestral sampler whose "
         "NFE and idle steps are reported (default: the sequence length)",
     )
     p.add_argument(
-        "--nll-samples", type=int, default=1, help="MDM-Prime models: mask draws for the NLL bound"
+        "--nll-samples",
+        type=A.positive_int,
+        default=1,
+        help="MDM-Prime models: mask draws for the NLL bound",
     )
-    p.add_argument("--out", help="JSON output file (default: MODEL/eval.json)")
+    p.add_argument("--out", type=A.output_file, help="JSON output file (default: MODEL/eval.json)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
@@ -341,22 +404,39 @@ def build_parser() -> argparse.ArgumentParser:
             "(81-char lines, Kaggle CSV, sudoku-extreme CSV or Shah et al. format)."
         ),
     )
-    p.add_argument("puzzle", help="the puzzle text, or a file of puzzles")
+    p.add_argument("puzzle", type=A.utf8_text, help="the puzzle text, or a file of puzzles")
     p.add_argument(
         "--model",
         default=str(default_model()),
         help="model directory (default: the shipped Sudoku model)",
     )
     add_decoding_arguments(p, "cells")
-    p.add_argument("--png", help="write a picture of the decoding order to this file")
+    p.add_argument(
+        "--png", type=A.output_file, help="write a picture of the decoding order to this file"
+    )
+    add_trust_argument(p)
     p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("demo", help="generate puzzles, train briefly, evaluate and solve")
-    p.add_argument("--steps", type=int, default=800, help="training steps of the fresh model")
-    p.add_argument("--n-eval", type=int, default=500, help="held-out puzzles for the policy table")
-    p.add_argument("--model", default=str(default_model()), help="trained model to evaluate")
-    p.add_argument("--out-dir", default="runs/demo", help="where the demo writes its outputs")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for the training")
+    p.add_argument(
+        "--steps", type=A.positive_int, default=800, help="training steps of the fresh model"
+    )
+    p.add_argument(
+        "--n-eval", type=A.positive_int, default=500, help="held-out puzzles for the policy table"
+    )
+    p.add_argument(
+        "--model",
+        type=A.existing_path,
+        default=str(default_model()),
+        help="trained model to evaluate",
+    )
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/demo",
+        help="where the demo writes its outputs",
+    )
+    add_overrides_argument(p, "overrides for the training")
     p.set_defaults(func=cmd_demo)
 
     add_bench_parser(sub)
@@ -372,7 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from puma_mdm.train.trainer import TrainingInterrupted
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or a bad option (one `error:` line already printed)
+        return int(stop.code or 0)
     try:
         return args.func(args)
     except PumaError as err:

@@ -5,36 +5,49 @@ from __future__ import annotations
 
 import argparse
 
+from puma_mdm import arguments as A
 from puma_mdm.errors import PumaError
-from puma_mdm.sampling import CACHES, check_cache, check_sampling_args
+from puma_mdm.sampling import CACHES, POLICIES, check_cache, check_sampling_args
 
 
 def add_cache_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache",
+        type=A.one_of(CACHES),
         default="auto",
         help="key-value cache: auto (exact 'prefix' for block-diffusion and autoregressive "
         "models, else none), none, prefix, dual (approximate, bidirectional models)",
     )
     p.add_argument(
-        "--refresh", type=int, default=4, help="--cache dual: network calls between refreshes"
+        "--refresh",
+        type=A.positive_int,
+        default=4,
+        help="--cache dual: network calls between refreshes",
+    )
+
+
+def add_policy_arguments(p: argparse.ArgumentParser, unit: str) -> None:
+    """``--policy``, ``--k`` and ``--threshold`` of one decoding run."""
+    p.add_argument(
+        "--policy",
+        type=A.one_of(POLICIES),
+        default="margin",
+        help=f"unmasking policy: {', '.join(sorted(POLICIES))}",
+    )
+    p.add_argument("--k", type=A.positive_int, default=1, help=f"{unit} revealed per step")
+    p.add_argument(
+        "--threshold",
+        type=A.threshold,
+        help=f"reveal every one of the {unit} at least this confident, in (0, 1] (not --k)",
     )
 
 
 def add_decoding_arguments(p: argparse.ArgumentParser, unit: str) -> None:
-    """``--policy``, ``--k`` / ``--threshold`` / ``--entropy-bound``, ``--cache``, ``--refresh``."""
-    p.add_argument(
-        "--policy", default="margin", help="unmasking policy: random, top_prob, margin, entropy"
-    )
-    p.add_argument("--k", type=int, default=1, help=f"{unit} revealed per network call")
-    p.add_argument(
-        "--threshold",
-        type=float,
-        help=f"reveal every {unit[:-1]} at least this confident (not --k)",
-    )
+    """:func:`add_policy_arguments`, ``--entropy-bound``, ``--cache`` and ``--refresh``."""
+    add_policy_arguments(p, unit)
     p.add_argument(
         "--entropy-bound",
-        type=float,
+        type=A.positive_float,
         metavar="GAMMA",
         help=f"reveal, in the policy's order, the most {unit} whose summed entropy minus the "
         "largest one stays ≤ GAMMA nats (EB-sampler; not --k)",

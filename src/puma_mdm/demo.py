@@ -40,7 +40,8 @@ def run_demo(args: argparse.Namespace, config: Path, shipped: Path) -> int:
         f"logging.out_dir={out / 'train'}",
         *args.overrides,
     ]
-    metrics = Trainer(load_config(config, overrides)).train()
+    # the demo's own scratch run: a second `make demo` replaces the first
+    metrics = Trainer(load_config(config, overrides), overwrite=True).train()
     print(f"fresh model after {args.steps} steps: {100 * metrics['accuracy']:.1f}% of 200 puzzles")
 
     banner(f"3. the shipped model ({shipped}) on {args.n_eval} held-out puzzles")

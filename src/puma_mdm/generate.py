@@ -120,7 +120,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from puma_mdm.pretrained import load_trained
 
     options = decoding_options(args)
-    model, task = load_trained(args.model)
+    model, task = load_trained(args.model, trust_remote_code=args.trust_remote_code)
     check_cache_option(model, args)
     if not isinstance(task, TokenizedTask):
         raise SampleError(
@@ -151,6 +151,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``sample`` to the ``puma`` command's sub-parsers."""
+    from puma_mdm import arguments as A
+    from puma_mdm.cli import add_trust_argument
+
     p = subparsers.add_parser(
         "sample",
         help="generate text with a trained math-program or text model",
@@ -161,18 +164,31 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         ),
     )
     p.add_argument("--model", required=True, help="model or run directory")
-    p.add_argument("--prompt", help="text to continue (a math model: the question)")
     p.add_argument(
-        "--length", type=int, help="tokens to generate (default: up to the model's length)"
+        "--prompt", type=A.utf8_text, help="text to continue (a math model: the question)"
+    )
+    p.add_argument(
+        "--length",
+        type=A.positive_int,
+        help="tokens to generate (default: up to the model's length)",
     )
     add_decoding_arguments(p, "tokens")
     p.add_argument(
-        "--temperature", type=float, default=0.0, help="0 = argmax; > 0 samples each token"
+        "--temperature",
+        type=A.nonnegative_float,
+        default=0.0,
+        help="0 = argmax; > 0 samples each token",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (policy random, temperature)")
-    p.add_argument("--n", type=int, default=1, help="number of samples")
+    p.add_argument(
+        "--seed",
+        type=A.nonnegative_int,
+        default=0,
+        help="random seed (policy random, temperature)",
+    )
+    p.add_argument("--n", type=A.positive_int, default=1, help="number of samples")
     p.add_argument(
         "--show-steps", action="store_true", help="print how the sequence fills in, call by call"
     )
+    add_trust_argument(p)
     p.set_defaults(func=cmd_sample)
     return p

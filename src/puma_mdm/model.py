@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from torch import nn
 from puma_mdm.errors import ConfigError, ModelLoadError
 from puma_mdm.files import write_json
 from puma_mdm.hf import HF_RECORD
+from puma_mdm.manifest import corrupt_files, write_manifest
 from puma_mdm.masking.block import block_causal_mask
 
 CONFIG_NAME = "config.json"
@@ -73,6 +75,29 @@ class ModelConfig:
             return self.mlp_hidden
         return 32 * math.ceil(8 * self.dim / 3 / 32)
 
+    def num_parameters(self) -> int:
+        """Parameters of the network this config describes, computed without building it
+        (exact for the token model; the token embedding counted as ``vocab_size + 1`` rows)."""
+        d, head_dim = self.dim, self.dim // self.n_heads
+        attention = d * (self.n_heads + 2 * self.kv_heads) * head_dim + d * d
+        block = 2 * d + attention + 3 * d * self.hidden
+        tables = sum((max(t) + 1) * d for t in self.position_tables.values() if t)
+        head = 0 if self.tie_head else self.vocab_size * d
+        return (self.vocab_size + 1) * d + tables + self.n_layers * block + d + head
+
+    def check_fits_in_memory(self) -> None:
+        """Refuse, before allocating, a network whose float32 weights (and RoPE tables) exceed
+        the memory this machine has available."""
+        n = self.num_parameters()
+        need_bytes = 4 * (n + (self.seq_len * (self.dim // self.n_heads) if self.rope else 0))
+        have = available_memory()
+        if need_bytes > have:
+            raise ConfigError(
+                f"model: {n:,} parameters ({need_bytes / 2**30:.1f} GiB in float32) cannot fit "
+                f"in the {have / 2**30:.1f} GiB of memory available (dim={self.dim}, "
+                f"n_layers={self.n_layers}, vocab_size={self.vocab_size}, seq_len={self.seq_len})"
+            )
+
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
@@ -114,6 +139,7 @@ class ModelConfig:
                 not self.tie_head or self.prime_digits == 1,
                 "tie_head needs one embedding row per class; with prime_digits > 1 rows are digits",
             )
+        self.check_fits_in_memory()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,6 +153,21 @@ class ModelConfig:
         cfg = cls(**data)
         cfg.validate()
         return cfg
+
+
+def available_memory() -> int:
+    """Bytes of memory available now: MemAvailable, capped by a cgroup limit when one is set."""
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                have = int(line.split()[1]) * 1024
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            have = min(have, int(limit))
+    except OSError:
+        pass
+    return have
 
 
 class RMSNorm(nn.Module):
@@ -405,7 +446,8 @@ class Transformer(nn.Module):
         return self.head(x)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``directory``."""
+        """Write ``config.json``, ``model.safetensors`` (each atomically) and the manifest of the
+        directory into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
@@ -413,19 +455,27 @@ class Transformer(nn.Module):
         save_file(state, str(tmp), metadata={"format": "pt"})
         tmp.replace(directory / WEIGHTS_NAME)
         write_json(directory / CONFIG_NAME, self.cfg.to_dict())
+        write_manifest(directory)
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, map_location: str | torch.device = "cpu"
+        cls,
+        directory: str | Path,
+        map_location: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
     ) -> Transformer:
         """Load a model written by :meth:`save_pretrained` (an MDM-Prime model as
         :class:`~puma_mdm.prime.model.PrimeTransformer`, a Hugging Face model trained with
-        ``model.hf_path`` as :class:`~puma_mdm.hf.adapter.HFDenoiser`)."""
+        ``model.hf_path`` as :class:`~puma_mdm.hf.adapter.HFDenoiser`), after checking every
+        file against the directory's manifest. ``trust_remote_code`` is the caller's decision
+        to run Python code shipped in a Hugging Face model directory; nothing in the directory
+        can grant it."""
         directory = Path(directory)
+        check_manifest(directory)
         if (directory / HF_RECORD).is_file() and cls is Transformer:
             from puma_mdm.hf.adapter import HFDenoiser  # a Hugging Face model trained by puma
 
-            return HFDenoiser.from_pretrained(directory, map_location)
+            return HFDenoiser.from_pretrained(directory, map_location, trust_remote_code)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
@@ -435,8 +485,8 @@ class Transformer(nn.Module):
                 )
         try:
             cfg = ModelConfig.from_dict(json.loads(config_path.read_text()))
-        except (json.JSONDecodeError, TypeError) as err:
-            raise ModelLoadError(f"{config_path}: not a valid model config ({err})") from err
+        except (ValueError, TypeError, AttributeError) as err:  # ConfigError is a ValueError
+            raise ModelLoadError(f"{config_path}: not a valid model config ({err})") from None
         if cfg.prime_digits and cls is Transformer:
             from puma_mdm.prime.model import PrimeTransformer
 
@@ -446,10 +496,26 @@ class Transformer(nn.Module):
             state = load_file(str(weights_path), device=str(map_location))
         except Exception as err:  # safetensors raises its own error types
             raise ModelLoadError(f"{weights_path}: cannot read weights ({err})") from err
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # a tensor of another shape than config.json says
+            detail = str(err).strip().splitlines()[-1].strip()
+            raise ModelLoadError(
+                f"{weights_path}: weights do not match config.json ({detail})"
+            ) from None
         if missing or unexpected:
             raise ModelLoadError(
                 f"{weights_path}: weights do not match config.json "
                 f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
             )
         return model.to(map_location)
+
+
+def check_manifest(directory: Path) -> None:
+    """Raise :class:`ModelLoadError` naming the first file of ``directory`` that is missing or
+    differs from its manifest."""
+    problems = corrupt_files(directory)
+    if problems:
+        raise ModelLoadError(
+            f"{problems[0]}; the model directory is damaged: restore or retrain it"
+        )

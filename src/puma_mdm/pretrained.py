@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from puma_mdm.errors import ModelLoadError
+from puma_mdm.errors import ModelLoadError, PumaError
 from puma_mdm.model import Transformer
 from puma_mdm.tasks import Task, build_task
 
@@ -25,21 +25,33 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def load_trained(
-    path: str | Path, expect_task: str | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    expect_task: str | None = None,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
 ) -> tuple[Transformer, Task]:
     """The model in ``path`` and its task (from ``task.json``); with ``expect_task`` a model
-    trained on another task is refused."""
+    trained on another task is refused. Code shipped in a Hugging Face model directory runs only
+    with the caller's ``trust_remote_code``, never because of a file in the directory."""
     directory = resolve_model_dir(path)
-    model = Transformer.from_pretrained(directory, device)
+    model = Transformer.from_pretrained(directory, device, trust_remote_code)
     record_path = directory / TASK_FILE
     if not record_path.is_file():
         raise ModelLoadError(f"{directory} has no {TASK_FILE}, so its task is unknown")
-    record = json.loads(record_path.read_text())
+    try:
+        record = json.loads(record_path.read_text())
+        if not (isinstance(record.get("name"), str) and isinstance(record.get("options"), dict)):
+            raise ValueError("expected an object with a task name and its options")
+    except (ValueError, AttributeError) as err:  # also bad JSON and bad UTF-8
+        raise ModelLoadError(f"{record_path}: not a valid task record ({err})") from None
     if expect_task is not None and record["name"] != expect_task:
         raise ModelLoadError(
             f"{directory} holds a model for task {record['name']!r}, not {expect_task!r}"
         )
-    task = build_task(record["name"], record["options"])
+    try:
+        task = build_task(record["name"], record["options"])
+    except PumaError as err:
+        raise ModelLoadError(f"{record_path}: {err}") from None
     task.restore(directory)  # e.g. the tokenizer trained with the model
     if (task.vocab_size, task.seq_len) != (model.cfg.vocab_size, model.cfg.seq_len):
         raise ModelLoadError(

@@ -2,15 +2,17 @@
 by :mod:`puma_mdm.sandbox`, never imported).
 
 Reads one JSON request from stdin: ``{"programs": [...], "entry": "solution", "timeout": s,
-"memory": bytes, "file_size": bytes, "root": dir}``. Runs each program in a child forked for it
-and writes one JSON line per program to stdout: ``{"i": i, "value": number}`` or
-``{"i": i, "error": "..."}``.
+"memory": bytes, "file_size": bytes, "root": dir, "seccomp": [hex BPF, ...]}``. Runs each
+program in a child forked for it and writes one JSON line per program to stdout:
+``{"i": i, "value": number}`` or ``{"i": i, "error": "..."}``.
 
-Confinement, from the outside in: a network namespace of its own when the kernel allows it (no
-interfaces but a down loopback); per child: stdin/stdout/stderr on /dev/null, limits on CPU
-seconds, address space, file size, open files and core dumps; a wall-clock timeout after which
-the child is killed; and an audit hook (PEP 578) that refuses sockets, new processes, signals,
-ctypes, and any write, rename or removal outside ``root``.
+The OS isolation around this process (namespaces, user, the sandbox-wide seccomp filter) is set
+up by :mod:`puma_mdm.sandbox`, which also states the threat model. Here, per child, before any
+generated code runs: stdin/stdout/stderr on /dev/null; limits on CPU seconds, address space, file
+size, processes, open files and core dumps; ``no_new_privs`` and the per-program seccomp filters
+(no exec, no process creation, no signals); a wall-clock timeout after which the child is
+killed; and, as a second layer only, an audit hook (PEP 578) that refuses sockets, new
+processes, signals, ctypes, and any write, rename or removal outside ``root``.
 """
 
 import json
@@ -22,7 +24,6 @@ import signal
 import sys
 import time
 
-CLONE_NEWNET = 0x40000000
 BLOCKED_EVENTS = (
     "socket.",
     "subprocess.",
@@ -58,18 +59,28 @@ PATH_EVENTS = {  # event → argument positions holding paths that get written o
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
 
-def isolate_network() -> None:
-    """Best effort: move into an empty network namespace (needs privileges; else rely on the
-    audit hook's socket ban)."""
-    try:
-        if hasattr(os, "unshare"):
-            os.unshare(CLONE_NEWNET)
-            return
-        import ctypes
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 
-        ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET)
-    except (OSError, AttributeError):
-        pass
+
+def load_seccomp(programs: list) -> None:
+    """Install seccomp BPF programs (raw ``struct sock_filter`` arrays, as hex) on this process."""
+    if not programs:
+        return
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    for text in programs:
+        code = ctypes.create_string_buffer(bytes.fromhex(text))
+        prog = SockFprog(len(code.raw) // 8, ctypes.addressof(code))
+        if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
 
 def make_audit_hook(root: str):
@@ -108,10 +119,12 @@ def confine(request: dict) -> None:
         resource.RLIMIT_AS: request["memory"],
         resource.RLIMIT_FSIZE: request["file_size"],
         resource.RLIMIT_NOFILE: 64,
+        resource.RLIMIT_NPROC: 1,
         resource.RLIMIT_CORE: 0,
     }
     for kind, value in limits.items():
         resource.setrlimit(kind, (value, value))
+    load_seccomp(request["seccomp"])
     sys.addaudithook(make_audit_hook(request["root"]))
 
 
@@ -178,7 +191,6 @@ def run_one(code: str, request: dict) -> dict:
 
 def main() -> None:
     request = json.loads(sys.stdin.read())
-    isolate_network()
     for i, code in enumerate(request["programs"]):
         print(json.dumps({"i": i, **run_one(code, request)}), flush=True)
 

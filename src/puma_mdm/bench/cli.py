@@ -6,17 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from puma_mdm import arguments as A
 from puma_mdm.errors import PumaError
-
-
-def parse_list(text: str, kind: type, option: str) -> list:
-    """Comma-separated values of one type ('' = none)."""
-    try:
-        return [kind(x.strip()) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise PumaError(
-            f"{option}: {text!r} is not a comma-separated list of {kind.__name__}"
-        ) from None
 
 
 def resolve_config(config: str | None, task: str | None) -> Path:
@@ -41,7 +32,7 @@ def check_task(config: Path, overrides: list[str], task: str | None) -> None:
 def cmd_speedup(args: argparse.Namespace) -> int:
     from puma_mdm.bench.speedup import DEFAULT_TARGETS, merge_reports, run_speedup
 
-    targets = None if args.targets is None else parse_list(args.targets, float, "--targets")
+    targets = args.targets
     if args.grid or args.resume or (args.merge and is_study(args.merge[0])):
         return cmd_study(args)
     if args.merge:
@@ -90,7 +81,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         resume_study(args.resume, jobs=args.jobs)
         return 0
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    regimes = parse_list(args.regimes, str, "--regimes") if args.regimes else None
+    regimes = args.regimes or None
     run_study(args.grid, args.out_dir, seeds, jobs=args.jobs, regimes=regimes)
     return 0
 
@@ -106,24 +97,20 @@ def shipped_model() -> Path | None:
 def cmd_throughput(args: argparse.Namespace) -> int:
     from puma_mdm.bench.throughput import REFERENCE, SIZES, run_throughput
 
-    names = parse_list(args.sizes, str, "--sizes")
-    unknown = sorted(set(names) - set(SIZES))
-    if unknown:
-        raise PumaError(f"--sizes: unknown size(s) {unknown}; choose from {sorted(SIZES)}")
     config = resolve_config(args.config, None)
     sudoku = task_of(config, args.overrides) == "sudoku"
     run_throughput(
         config,
         args.overrides,
         args.out_dir,
-        sizes={name: SIZES[name] for name in names},
-        strategies=parse_list(args.strategies, str, "--strategies"),
-        autocasts=parse_list(args.autocast, str, "--autocast"),
+        sizes={name: SIZES[name] for name in args.sizes},
+        strategies=args.strategies,
+        autocasts=args.autocast,
         train_steps=args.train_steps,
         warmup_steps=args.warmup_steps,
         model_dir=args.model or shipped_model(),
-        sample_batches=parse_list(args.sample_batches, int, "--sample-batches"),
-        policies=parse_list(args.policies, str, "--policies"),
+        sample_batches=args.sample_batches,
+        policies=args.policies,
         threshold=args.threshold,
         min_seconds=args.min_seconds,
         reference=REFERENCE if sudoku else None,  # the reference comparison is Sudoku's
@@ -142,9 +129,9 @@ def cmd_prime(args: argparse.Namespace) -> int:
         config,
         args.overrides,
         args.out_dir,
-        digits=parse_list(args.digits, int, "--digits"),
+        digits=args.digits,
         steps=args.steps,
-        time_steps=parse_list(args.time_steps, int, "--time-steps") or None,
+        time_steps=args.time_steps or None,
         eval_examples=args.eval_examples,
         nll_samples=args.nll_samples,
         policy=args.policy,
@@ -158,7 +145,7 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     run_blocks_bench(
         args.out_dir,
         length=args.length,
-        block_sizes=parse_list(args.block_sizes, int, "--block-sizes"),
+        block_sizes=args.block_sizes,
         batch_size=args.batch_size,
         repeats=args.repeats,
         precision=args.precision,
@@ -178,13 +165,13 @@ def cmd_sampling(args: argparse.Namespace) -> int:
         models = [f"sudoku={shipped_model()}"]
     run_sampling_bench(
         models,
-        decoders=parse_list(args.decoders, str, "--decoders"),
-        batch_sizes=parse_list(args.batch_sizes, int, "--batch-sizes"),
+        decoders=args.decoders,
+        batch_sizes=args.batch_sizes,
         examples=args.examples,
         single_examples=args.single_examples,
         out_dir=args.out_dir,
         policy=args.policy,
-        caches=tuple(parse_list(args.caches, str, "--caches")),
+        caches=tuple(args.caches),
         refresh=args.refresh,
         precision=args.precision,
         threads=args.threads,
@@ -193,6 +180,10 @@ def cmd_sampling(args: argparse.Namespace) -> int:
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from puma_mdm.bench.common import AUTOCASTS
+    from puma_mdm.bench.throughput import SIZES, STRATEGIES
+    from puma_mdm.sampling import CACHES, POLICIES
+
     """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``) to the ``puma``
     command's sub-parsers; each sub-command sets ``func``."""
     bench = subparsers.add_parser(
@@ -221,15 +212,24 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("--task", help="task; picks the bundled config of that name (default sudoku)")
     p.add_argument("--config", help="YAML config file or bundled config name (default: the task's)")
-    p.add_argument("--steps", type=int, help="steps per arm (sets training.steps, the LR schedule)")
     p.add_argument(
-        "--budget-minutes", type=float, help="stop an arm once its training time exceeds this"
+        "--steps", type=A.positive_int, help="steps per arm (sets training.steps, the LR schedule)"
     )
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds, each both arms")
-    p.add_argument("--first-seed", type=int, default=0, help="the first seed (then +1, +2, …)")
+    p.add_argument(
+        "--budget-minutes",
+        type=A.positive_float,
+        help="stop an arm once its training time exceeds this",
+    )
+    p.add_argument(
+        "--seeds", type=A.positive_int, default=3, help="number of seeds, each both arms"
+    )
+    p.add_argument(
+        "--first-seed", type=A.nonnegative_int, default=0, help="the first seed (then +1, +2, …)"
+    )
     p.add_argument(
         "--merge",
         nargs="+",
+        type=A.existing_path,
         metavar="REPORT",
         help="instead of training, pool the complete seeds of these speedup.json files "
         "(or their directories), or of `puma train` run directories (each one arm of one "
@@ -241,18 +241,45 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="run a study: a grid of regimes (a YAML file or a bundled study, e.g. "
         "sudoku-regimes), each arm a resumable `puma train` run; writes summary.json",
     )
-    p.add_argument("--resume", metavar="DIR", help="continue the study in DIR after a stop")
-    p.add_argument("--regimes", help="with --grid: only these regimes (comma-separated)")
-    p.add_argument("--jobs", type=int, default=1, help="with --grid: arms trained at once")
-    p.add_argument("--eval-every", type=int, default=250, help="steps between evaluations")
-    p.add_argument("--eval-examples", type=int, default=200, help="held-out examples evaluated")
+    p.add_argument(
+        "--resume",
+        type=A.existing_path,
+        metavar="DIR",
+        help="continue the study in DIR after a stop",
+    )
+    p.add_argument(
+        "--regimes",
+        type=A.list_of(A.utf8_text),
+        help="with --grid: only these regimes (comma-separated)",
+    )
+    p.add_argument(
+        "--jobs", type=A.positive_int, default=1, help="with --grid: arms trained at once"
+    )
+    p.add_argument(
+        "--eval-every", type=A.positive_int, default=250, help="steps between evaluations"
+    )
+    p.add_argument(
+        "--eval-examples", type=A.positive_int, default=200, help="held-out examples evaluated"
+    )
     p.add_argument(
         "--targets",
+        type=A.list_of(A.threshold),
         help="comma-separated accuracy targets in (0, 1] (default 0.5,0.7,0.8,0.9; with "
         "--merge: read the pooled curves at these targets instead of the runs' own)",
     )
-    p.add_argument("--out-dir", default="runs/bench-speedup", help="where results are written")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/bench-speedup",
+        help="where results are written",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        type=A.key_value,
+        metavar="KEY=VALUE",
+        help="config overrides (dot-list)",
+    )
     p.set_defaults(func=cmd_speedup)
 
     p = sub.add_parser(
@@ -267,34 +294,73 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--config", default="sudoku", help="base config, file or bundled name")
     p.add_argument(
         "--sizes",
+        type=A.list_of(A.one_of(SIZES), allow_empty=True),
         default="shipped,reference-81,reference",
         help="model sizes to train: shipped, reference-81, reference ('' to skip training)",
     )
-    p.add_argument("--strategies", default="standard,progressive", help="strategies to train")
-    p.add_argument("--autocast", default="fp32,bf16", help="precisions: fp32, bf16")
+    p.add_argument(
+        "--strategies",
+        type=A.list_of(A.one_of(STRATEGIES)),
+        default="standard,progressive",
+        help="strategies to train",
+    )
+    p.add_argument(
+        "--autocast",
+        type=A.list_of(A.one_of(AUTOCASTS)),
+        default="fp32,bf16",
+        help="precisions: fp32, bf16",
+    )
     p.add_argument(
         "--compile", action="store_true", help="also time torch.compile'd training per precision"
     )
-    p.add_argument("--train-steps", type=int, default=5, help="timed training steps per setting")
-    p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before timing")
     p.add_argument(
-        "--model", help="trained model directory for sampling (default: the shipped model)"
+        "--train-steps", type=A.positive_int, default=5, help="timed training steps per setting"
     )
     p.add_argument(
-        "--sample-batches", default="1,64,512", help="sampling batch sizes ('' to skip sampling)"
+        "--warmup-steps", type=A.nonnegative_int, default=2, help="untimed steps before timing"
     )
     p.add_argument(
-        "--policies", default="random,top_prob,margin,entropy", help="unmasking policies sampled"
+        "--model",
+        type=A.existing_path,
+        help="trained model directory for sampling (default: the shipped model)",
     )
-    p.add_argument("--threshold", type=float, default=0.9, help="confidence threshold decoding")
     p.add_argument(
-        "--min-seconds", type=float, default=2.0, help="time each sampling setting ≥ this"
+        "--sample-batches",
+        type=A.list_of(A.positive_int, allow_empty=True),
+        default="1,64,512",
+        help="sampling batch sizes ('' to skip sampling)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: training.threads)")
     p.add_argument(
-        "--out-dir", default="runs/bench-throughput", help="where throughput.json is written"
+        "--policies",
+        type=A.list_of(A.one_of(POLICIES)),
+        default="random,top_prob,margin,entropy",
+        help="unmasking policies sampled",
     )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
+    p.add_argument(
+        "--threshold", type=A.threshold, default=0.9, help="confidence threshold decoding"
+    )
+    p.add_argument(
+        "--min-seconds",
+        type=A.positive_float,
+        default=2.0,
+        help="time each sampling setting ≥ this",
+    )
+    p.add_argument(
+        "--threads", type=A.nonnegative_int, default=0, help="torch threads (0: training.threads)"
+    )
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/bench-throughput",
+        help="where throughput.json is written",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        type=A.key_value,
+        metavar="KEY=VALUE",
+        help="config overrides (dot-list)",
+    )
     p.set_defaults(func=cmd_throughput)
 
     p = sub.add_parser(
@@ -308,16 +374,46 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("--task", help="task; picks the bundled config of that name (default sudoku)")
     p.add_argument("--config", help="YAML config file or bundled config name (default: the task's)")
-    p.add_argument("--digits", default="1,2,4", help="comma-separated digit counts ℓ")
-    p.add_argument("--steps", type=int, help="training steps per arm (sets training.steps)")
     p.add_argument(
-        "--time-steps", default="", help="ancestral steps T, comma-separated (default: length)"
+        "--digits",
+        type=A.list_of(A.positive_int),
+        default="1,2,4",
+        help="comma-separated digit counts ℓ",
     )
-    p.add_argument("--policy", default="random", help="unmasking policy of the ancestral decoder")
-    p.add_argument("--eval-examples", type=int, default=500, help="held-out examples evaluated")
-    p.add_argument("--nll-samples", type=int, default=4, help="mask draws for the NLL bound")
-    p.add_argument("--out-dir", default="runs/bench-prime", help="where prime.json is written")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (dot-list)")
+    p.add_argument(
+        "--steps", type=A.positive_int, help="training steps per arm (sets training.steps)"
+    )
+    p.add_argument(
+        "--time-steps",
+        type=A.list_of(A.positive_int, allow_empty=True),
+        default="",
+        help="ancestral steps T, comma-separated (default: length)",
+    )
+    p.add_argument(
+        "--policy",
+        type=A.one_of(POLICIES),
+        default="random",
+        help="unmasking policy of the ancestral decoder",
+    )
+    p.add_argument(
+        "--eval-examples", type=A.positive_int, default=500, help="held-out examples evaluated"
+    )
+    p.add_argument(
+        "--nll-samples", type=A.positive_int, default=4, help="mask draws for the NLL bound"
+    )
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/bench-prime",
+        help="where prime.json is written",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        type=A.key_value,
+        metavar="KEY=VALUE",
+        help="config overrides (dot-list)",
+    )
     p.set_defaults(func=cmd_prime)
 
     p = sub.add_parser(
@@ -329,14 +425,32 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
             "alternating step by step, for several block sizes (math.yaml's model shape)."
         ),
     )
-    p.add_argument("--length", type=int, default=160, help="sequence length L")
-    p.add_argument("--block-sizes", default="4,16,40", help="block sizes S, each dividing L")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per step")
-    p.add_argument("--repeats", type=int, default=5, help="timed steps per form and block size")
-    p.add_argument("--precision", default="bf16", help="fp32 or bf16 (autocast)")
-    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out-dir", default="runs/bench-blocks", help="where blocks.json is written")
+    p.add_argument("--length", type=A.positive_int, default=160, help="sequence length L")
+    p.add_argument(
+        "--block-sizes",
+        type=A.list_of(A.positive_int),
+        default="4,16,40",
+        help="block sizes S, each dividing L",
+    )
+    p.add_argument("--batch-size", type=A.positive_int, default=32, help="sequences per step")
+    p.add_argument(
+        "--repeats", type=A.positive_int, default=5, help="timed steps per form and block size"
+    )
+    p.add_argument(
+        "--precision", type=A.one_of(AUTOCASTS), default="bf16", help="fp32 or bf16 (autocast)"
+    )
+    p.add_argument(
+        "--device", type=A.device, default="auto", help="auto (cuda if present), cpu or cuda"
+    )
+    p.add_argument(
+        "--threads", type=A.nonnegative_int, default=0, help="torch threads (0: torch's default)"
+    )
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/bench-blocks",
+        help="where blocks.json is written",
+    )
     p.set_defaults(func=cmd_blocks)
 
     p = sub.add_parser(
@@ -359,21 +473,57 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument(
         "--decoders",
+        type=A.list_of(str),
         default="k=1,k=2,k=3,tau=0.9,eb=0.1,eb=0.3,eb=1",
         help="comma-separated decoders: k=N tokens per call, tau=X threshold, eb=X entropy bound",
     )
-    p.add_argument("--policy", default="margin", help="unmasking policy of every decoder")
-    p.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes")
     p.add_argument(
-        "--examples", type=int, default=256, help="held-out examples decoded at batch sizes > 1"
+        "--policy",
+        type=A.one_of(POLICIES),
+        default="margin",
+        help="unmasking policy of every decoder",
     )
     p.add_argument(
-        "--single-examples", type=int, default=8, help="held-out examples decoded at batch size 1"
+        "--batch-sizes",
+        type=A.list_of(A.positive_int),
+        default="1,64",
+        help="comma-separated batch sizes",
     )
-    p.add_argument("--caches", default="none,prefix,dual", help="cache kinds (each where usable)")
-    p.add_argument("--refresh", type=int, default=4, help="dual cache: calls between refreshes")
-    p.add_argument("--precision", default="bf16", help="fp32 or bf16 (autocast)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out-dir", default="runs/bench-sampling", help="where results are written")
+    p.add_argument(
+        "--examples",
+        type=A.positive_int,
+        default=256,
+        help="held-out examples decoded at batch sizes > 1",
+    )
+    p.add_argument(
+        "--single-examples",
+        type=A.positive_int,
+        default=8,
+        help="held-out examples decoded at batch size 1",
+    )
+    p.add_argument(
+        "--caches",
+        type=A.list_of(A.one_of(CACHES)),
+        default="none,prefix,dual",
+        help="cache kinds (each where usable)",
+    )
+    p.add_argument(
+        "--refresh", type=A.positive_int, default=4, help="dual cache: calls between refreshes"
+    )
+    p.add_argument(
+        "--precision", type=A.one_of(AUTOCASTS), default="bf16", help="fp32 or bf16 (autocast)"
+    )
+    p.add_argument(
+        "--threads",
+        type=A.nonnegative_int,
+        default=0,
+        help="torch threads (0: torch's default)",
+    )
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/bench-sampling",
+        help="where results are written",
+    )
     p.set_defaults(func=cmd_sampling)
     return bench

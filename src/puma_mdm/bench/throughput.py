@@ -101,6 +101,7 @@ def measure_training(
     machine noise hits all of them; each row's ``speedup_vs_fp32`` is measured against the
     eager fp32 row of this interleaved run."""
     trainers = {}
+    scratch = base.out_dir / "scratch" / f"{size}-{strategy}"  # one run directory per trainer
     for autocast, compiled in settings:
         cfg = load_config(
             base.config,
@@ -110,13 +111,13 @@ def measure_training(
                 f"training.strategy={strategy}",
                 f"training.autocast={autocast}",
                 f"training.compile={str(compiled).lower()}",
-                f"logging.out_dir={base.out_dir / 'scratch'}",
+                f"logging.out_dir={scratch / f'{autocast}-{compiled}'}",
                 "logging.tensorboard=false",
                 "logging.progress=false",
             ],
         )
         torch.manual_seed(0)
-        trainers[autocast + ("+compile" if compiled else "")] = Trainer(cfg)
+        trainers[autocast + ("+compile" if compiled else "")] = Trainer(cfg, overwrite=True)
     for _ in range(warmup):
         for trainer in trainers.values():
             timed_step(trainer)

@@ -27,6 +27,7 @@ from puma_mdm.errors import ModelLoadError
 from puma_mdm.files import write_json
 from puma_mdm.hf import HF_RECORD, quiet_progress, require
 from puma_mdm.hf.tokenizer import TOKENIZER_FILE, check_vocabulary, load_tokenizer
+from puma_mdm.manifest import write_manifest
 
 ADD_MASK_HINT = (
     "add one: tokenizer.add_special_tokens({'mask_token': '<|mask|>'}); "
@@ -107,18 +108,26 @@ class HFDenoiser(nn.Module):
         with quiet_progress():
             self.hf.save_pretrained(directory)
         write_json(directory / HF_RECORD, self.cfg.to_dict())
+        write_manifest(directory)
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, map_location: str | torch.device = "cpu"
+        cls,
+        directory: str | Path,
+        map_location: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
     ) -> HFDenoiser:
-        """Load what :meth:`save_pretrained` wrote."""
+        """Load what :meth:`save_pretrained` wrote. Code shipped in the directory runs only with
+        the caller's ``trust_remote_code``: the ``trust_remote_code`` recorded in
+        :data:`HF_RECORD` is a file in the directory, so it is never obeyed."""
         directory = Path(directory)
         try:
-            spec = HFModelSpec(**json.loads((directory / HF_RECORD).read_text()))
-        except (json.JSONDecodeError, TypeError) as err:
+            record = json.loads((directory / HF_RECORD).read_text())
+            record["trust_remote_code"] = trust_remote_code
+            spec = HFModelSpec(**record)
+        except (ValueError, TypeError) as err:
             raise HFModelError(f"{directory / HF_RECORD}: not a valid record ({err})") from None
-        model, _, _ = load_hf_model(directory, spec.trust_remote_code, spec.mask_token_id)
+        model, _, _ = load_hf_model(directory, trust_remote_code, spec.mask_token_id)
         return cls(model, spec).to(map_location)
 
 
@@ -225,8 +234,8 @@ def load_hf_model(
     if remote and not trust_remote_code:
         raise HFModelError(
             f"model {path} (model_type {raw['model_type']!r}) needs the code shipped in its "
-            "directory (auto_map in config.json): set model.trust_remote_code=true if you trust "
-            "that code"
+            "directory (auto_map in config.json): if you trust that code, pass --trust-remote-code "
+            "(puma eval, sample, solve, export) or set model.trust_remote_code=true (puma train)"
         )
     if not remote and not native:
         raise HFModelError(

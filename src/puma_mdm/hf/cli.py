@@ -11,7 +11,7 @@ FORMATS = ("hf",)
 def cmd_export(args: argparse.Namespace) -> int:
     from puma_mdm.hf.export import export_hf
 
-    summary = export_hf(args.model, args.out)
+    summary = export_hf(args.model, args.out, args.trust_remote_code)
     print(json.dumps(summary))
     print(
         f"load it with: transformers.AutoModelForMaskedLM.from_pretrained({args.out!r}) "
@@ -21,6 +21,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    from puma_mdm import arguments as A
+    from puma_mdm.cli import add_trust_argument
+
     p = sub.add_parser(
         "export",
         help="write a trained model in another library's format",
@@ -31,5 +34,6 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="model or run directory to export")
     p.add_argument("--to", required=True, choices=FORMATS, help="target format (hf: transformers)")
-    p.add_argument("out", metavar="OUT", help="output directory")
+    p.add_argument("out", type=A.output_dir, metavar="OUT", help="output directory")
+    add_trust_argument(p)
     p.set_defaults(func=cmd_export)

@@ -134,12 +134,12 @@ def max_logit_gap(model: Transformer, out: Path) -> float:
     return float((model(ids) - theirs).abs().max())
 
 
-def export_hf(model_dir: str | Path, out: str | Path) -> dict:
+def export_hf(model_dir: str | Path, out: str | Path, trust_remote_code: bool = False) -> dict:
     """Write the model in ``model_dir`` (a model or run directory) to ``out`` in Hugging Face
     format; return a summary (architecture, max |Δlogit| of the round trip)."""
     transformers = require("transformers", "puma export --to hf")
     source, out = resolve_model_dir(model_dir), Path(out)
-    model = Transformer.from_pretrained(source)
+    model = Transformer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if isinstance(model, HFDenoiser):
         with quiet_progress():
             model.hf.save_pretrained(out)

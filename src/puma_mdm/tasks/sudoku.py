@@ -49,6 +49,10 @@ class SudokuOptions:
         unknown = [t for t in self.techniques if t not in TECHNIQUES]
         if unknown or not self.techniques:
             raise ValueError(f"techniques must be a non-empty subset of {TECHNIQUES}")
+        if self.n_train < 1 or self.n_eval < 1:
+            raise ValueError(f"n_train and n_eval must be ≥ 1, got {self.n_train}, {self.n_eval}")
+        if not 0 <= self.min_givens <= 81:
+            raise ValueError(f"min_givens must be in 0..81, got {self.min_givens}")
 
 
 def cell_positions() -> dict[str, list[int]]:

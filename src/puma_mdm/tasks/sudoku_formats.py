@@ -97,7 +97,13 @@ def _read_text(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise SudokuError(f"no such file: {path}")
-    return path.read_text(encoding="utf-8-sig")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SudokuError(
+            f"{path}: not a UTF-8 text file (byte {err.start} is {err.object[err.start]:#04x}); "
+            "give 81-character lines or a puzzle CSV"
+        ) from None
 
 
 def _data_lines(text: str) -> list[tuple[int, str]]:
@@ -240,6 +246,8 @@ def _csv_rows(text: str, path: Path, header: str) -> list[tuple[int, list[str]]]
         if len(parts) != width:
             raise SudokuError(f"{path}: line {n}: expected {width} fields, got {len(parts)}")
         out.append((n, parts))
+    if not out:
+        raise SudokuError(f"{path}: no puzzles after the header line")
     return out
 
 

@@ -23,6 +23,8 @@ class SortOptions:
     def __post_init__(self) -> None:
         if self.length < 2 or self.digits < 2:
             raise ValueError("sort task: length and digits must both be ≥ 2")
+        if self.n_train < 1 or self.n_eval < 1:
+            raise ValueError(f"n_train and n_eval must be ≥ 1, got {self.n_train}, {self.n_eval}")
 
 
 class SortTask(Task):

@@ -7,7 +7,7 @@ Layout of a run directory::
     checkpoints/step-00001000/ model.safetensors + config.json (the weights, loadable alone),
                                train_state.pt (optimiser, scheduler, EMA, step, and per rank
                                the forward-process state including the PUMA pool and the RNG
-                               states), config.yaml, task.json
+                               states), config.yaml, task.json, manifest.json
                                sharded/ (training.parallel=fsdp only): the sharded model,
                                optimiser and EMA state, one file per rank plus metadata,
                                written by every rank with torch.distributed.checkpoint
@@ -15,15 +15,16 @@ Layout of a run directory::
     model/                     the final (EMA, if enabled) weights + task.json
     best/                      the weights with the best evaluation accuracy so far
 
-A checkpoint is written into a hidden temporary directory and renamed into place, so a crash
-mid-write leaves the previous checkpoints untouched (a leftover ``.step-*.tmp`` is ignored when
-loading and removed by the next save); ``train_state.pt`` holds only tensors and plain
-containers and is read with ``torch.load(weights_only=True)``.
+A checkpoint (and ``model/``, ``best/``) is written into a hidden temporary directory, its
+``manifest.json`` (sha256 of every file) written last, every file and the directory fsynced, and
+then renamed into place, so a crash mid-write leaves the previous checkpoints untouched (a leftover
+``.step-*.tmp`` is ignored when loading and removed by the next save). Loading checks every file
+against the manifest first. ``train_state.pt`` holds only tensors and plain containers and is
+read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -31,6 +32,8 @@ from pathlib import Path
 import torch
 
 from puma_mdm.errors import CheckpointError
+from puma_mdm.files import fsync_path, fsync_tree
+from puma_mdm.manifest import corrupt_files, write_manifest
 from puma_mdm.model import Transformer
 
 STATE_NAME = "train_state.pt"
@@ -51,12 +54,12 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _seal(directory: Path, extra_files: dict[str, str]) -> None:
+    """Add ``extra_files``, write the manifest over everything, fsync it all."""
+    for name, text in extra_files.items():
+        (directory / name).write_text(text)
+    write_manifest(directory)
+    fsync_tree(directory)
 
 
 def write_model_dir(model: Transformer, target: Path, extra_files: dict[str, str]) -> None:
@@ -65,15 +68,14 @@ def write_model_dir(model: Transformer, target: Path, extra_files: dict[str, str
     tmp = target.parent / f".{target.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    for name, text in extra_files.items():
-        (tmp / name).write_text(text)
+    _seal(tmp, extra_files)
     old = target.parent / f".{target.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(target.parent)
+    fsync_path(target.parent)
 
 
 def staging_path(run_dir: Path, step: int) -> Path:
@@ -110,13 +112,10 @@ def save_checkpoint(
     model.save_pretrained(tmp)
     with open(tmp / STATE_NAME, "wb") as f:
         torch.save(train_state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    for name, text in extra_files.items():
-        (tmp / name).write_text(text)
+    _seal(tmp, extra_files)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    _fsync_dir(root)
+    fsync_path(root)
     for old in checkpoint_dirs(run_dir)[: -max(keep_last, 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -135,15 +134,25 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> tup
                 "was the run started with this --out-dir?"
             )
         path = found[-1]
+    problems = corrupt_files(path)
+    if problems:
+        raise CheckpointError(f"{problems[0]}{_fallback(path)}")
     try:
         state = torch.load(path / STATE_NAME, map_location=map_location, weights_only=True)
     except Exception as err:
-        earlier = [p for p in checkpoint_dirs(path.parent.parent) if p.name < path.name]
-        hint = f"; delete {path} to resume from {earlier[-1].name}" if earlier else ""
         raise CheckpointError(
-            f"{path / STATE_NAME} is corrupt or unreadable ({_load_error(err)}){hint}"
+            f"{path / STATE_NAME} is corrupt or unreadable ({_load_error(err)}){_fallback(path)}"
         ) from err
     return state, path
+
+
+def _fallback(path: Path) -> str:
+    """How to resume from the newest earlier checkpoint that passes its manifest check."""
+    earlier = [p for p in checkpoint_dirs(path.parent.parent) if p.name < path.name]
+    for good in reversed(earlier):
+        if not corrupt_files(good):
+            return f"; the previous good checkpoint is {good}: delete {path} to resume from it"
+    return "; no earlier checkpoint is intact: start a new run"
 
 
 def _load_error(err: Exception) -> str:

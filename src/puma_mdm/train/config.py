@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from puma_mdm.arguments import device_problem
 from puma_mdm.errors import ConfigError
 from puma_mdm.losses import LOSS_NORMS
 from puma_mdm.sampling import POLICIES
@@ -140,7 +142,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             path = Path(path)
             if not path.is_file():
                 raise ConfigError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            try:
+                loaded = OmegaConf.load(path)
+            except (yaml.YAMLError, UnicodeDecodeError) as err:
+                detail = str(err).strip().splitlines()[0]
+                raise ConfigError(f"{path} is not a valid YAML config ({detail})") from None
+            if not isinstance(loaded, DictConfig):
+                raise ConfigError(f"{path}: a config is a mapping of sections, not a list")
+            merged = OmegaConf.merge(merged, loaded)
         bad = [o for o in overrides or [] if "=" not in o]
         if bad:
             raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
@@ -150,6 +159,46 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"invalid config: {_describe(err)}") from None
     validate(cfg)
     return cfg
+
+
+# what ``--resume`` may change: everything else is part of the run's saved state (weights,
+# optimiser, PUMA pool, data order) or would make the resumed run a different one
+RESUMABLE = (
+    "training.steps",
+    "training.device",
+    "training.threads",
+    "training.compile",
+    "training.autocast",
+    "training.skip_nonfinite",
+    "eval.*",
+    "logging.*",
+    "checkpoint.*",
+)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _resumable(key: str) -> bool:
+    return key in RESUMABLE or key.split(".")[0] in ("eval", "logging", "checkpoint")
+
+
+def changed_on_resume(saved: Config, new: Config) -> list[str]:
+    """``key: saved → new`` for every setting that differs but cannot change on ``--resume``."""
+    old = _flat(OmegaConf.to_container(OmegaConf.structured(saved)))
+    cur = _flat(OmegaConf.to_container(OmegaConf.structured(new)))
+    keys = sorted(set(old) | set(cur))
+    return [
+        f"{k}={cur.get(k)!r} (the run has {old.get(k)!r})"
+        for k in keys
+        if old.get(k) != cur.get(k) and not _resumable(k)
+    ]
 
 
 def to_yaml(cfg: Config) -> str:
@@ -242,3 +291,34 @@ def validate(cfg: Config) -> None:
         )
     need(e.k >= 1, f"eval.k must be ≥ 1, got {e.k}")
     need(e.examples >= 1, f"eval.examples must be ≥ 1, got {e.examples}")
+    need(e.every >= 0, f"eval.every must be ≥ 0 (0 = only at the end), got {e.every}")
+    need(e.batch_size >= 1, f"eval.batch_size must be ≥ 1, got {e.batch_size}")
+    for pair in t.puma.k_schedule:
+        need(
+            pair[0] >= 1 and pair[1] >= 0,
+            f"training.puma.k_schedule: {list(pair)} needs K ≥ 1 and a start step ≥ 0",
+        )
+    starts = [pair[1] for pair in t.puma.k_schedule]
+    need(
+        starts == sorted(starts) and starts[0] == 0,
+        f"training.puma.k_schedule: start steps {starts} must begin at 0 and increase",
+    )
+    need(0 < t.puma.tau <= 1, f"training.puma.tau must be in (0, 1], got {t.puma.tau}")
+    need(t.warmup_steps >= 0, f"training.warmup_steps must be ≥ 0, got {t.warmup_steps}")
+    need(t.weight_decay >= 0, f"training.weight_decay must be ≥ 0, got {t.weight_decay}")
+    need(t.grad_clip >= 0, f"training.grad_clip must be ≥ 0 (0 = off), got {t.grad_clip}")
+    need(t.threads >= 0, f"training.threads must be ≥ 0 (0 = torch's default), got {t.threads}")
+    device = device_problem(t.device)
+    need(device is None, f"training.device: {device}")
+    m = cfg.model
+    for name in ("dim", "n_layers", "n_heads"):
+        need(getattr(m, name) >= 1, f"model.{name} must be ≥ 1, got {getattr(m, name)}")
+    for name, low in (("n_kv_heads", 1), ("mlp_hidden", 1), ("hf_mask_token_id", 0)):
+        value = getattr(m, name)
+        need(value is None or value >= low, f"model.{name} must be ≥ {low} or null, got {value}")
+    need(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
+    lg, ck = cfg.logging, cfg.checkpoint
+    need(lg.log_every >= 1, f"logging.log_every must be ≥ 1, got {lg.log_every}")
+    need(bool(lg.out_dir.strip()), "logging.out_dir is empty")
+    need(ck.every >= 0, f"checkpoint.every must be ≥ 0 (0 = only at the end), got {ck.every}")
+    need(ck.keep_last >= 1, f"checkpoint.keep_last must be ≥ 1, got {ck.keep_last}")

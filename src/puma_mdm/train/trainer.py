@@ -14,6 +14,7 @@ writes every other file; checkpoints hold every rank's forward-process state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from puma_mdm.arm import NextToken, check_first_is_prompt, init_from_arm
 from puma_mdm.errors import CheckpointError, ConfigError, PumaError
 from puma_mdm.evaluate import evaluate, nll_bound
+from puma_mdm.files import write_text
 from puma_mdm.losses import mdm_loss, normalize_loss
 from puma_mdm.masking import (
     Batch,
@@ -58,8 +60,9 @@ from puma_mdm.train.checkpoint import (
     staging_path,
     write_model_dir,
 )
-from puma_mdm.train.config import Config, to_yaml
+from puma_mdm.train.config import RESUMABLE, Config, changed_on_resume, load_config, to_yaml
 from puma_mdm.train.distributed import Distributed, full_tensor
+from puma_mdm.train.run_dir import LOCK_NAME, RunLock, check_fresh, clear_run
 
 
 class TrainingStopped(PumaError):
@@ -128,13 +131,37 @@ def task_record(cfg: Config) -> str:
 
 
 class Trainer:
-    """Train one run. ``resume=True`` continues from the latest checkpoint in ``out_dir``."""
+    """Train one run. ``resume=True`` continues from the latest checkpoint in ``out_dir``;
+    otherwise ``out_dir`` must not hold a run yet, unless ``overwrite=True`` replaces it. The main
+    process holds the run directory's lock (run_dir.py) from here to the end of :meth:`train`."""
 
-    def __init__(self, cfg: Config, resume: bool = False) -> None:
+    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False) -> None:
         self.cfg = cfg
-        t = cfg.training
         self.out_dir = Path(cfg.logging.out_dir)
-        self.dist = Distributed.setup(t.device, t.parallel)
+        self.dist = Distributed.setup(cfg.training.device, cfg.training.parallel)
+        self.lock = None
+        if not self.dist.is_main:
+            self._setup(resume)
+            return
+        created = not self.out_dir.exists()
+        self.lock = RunLock(self.out_dir).acquire()
+        try:
+            if not resume:
+                check_fresh(self.out_dir, overwrite)
+            self._setup(resume)
+            if not resume:
+                clear_run(self.out_dir)
+        except BaseException:
+            self.lock.release()
+            if created:  # leave no trace of a run that never started
+                (self.out_dir / LOCK_NAME).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.out_dir.rmdir()
+            raise
+
+    def _setup(self, resume: bool) -> None:
+        cfg = self.cfg
+        t = cfg.training
         self.device = self.dist.device
         self.amp = autocast_dtype(t.autocast)
         if t.threads > 0:
@@ -187,6 +214,7 @@ class Trainer:
         self.train_seconds = 0.0  # wall-clock inside training steps (evaluation excluded)
         self.stop_requested = False  # a stop signal reached some rank (agreed every step)
         self._stop_signal: int | None = None
+        self.resumed = resume
         if resume:
             self._resume()
         self.net = self.dist.wrap(self.model)  # what forward/backward run through
@@ -264,15 +292,16 @@ class Trainer:
 
     def _resume(self) -> None:
         state, path = load_checkpoint(self.out_dir)
-        # the shape check; under FSDP the weights themselves come from the shards
-        saved = Transformer.from_pretrained(path, "cpu" if self.dist.sharded else self.device)
-        old, new = saved.cfg.to_dict(), self.model.cfg.to_dict()
-        changed = [f"{k}: checkpoint {old[k]}, config {new[k]}" for k in new if old[k] != new[k]]
-        if changed:
+        fixed = changed_on_resume(load_config(path / "config.yaml"), self.cfg)
+        if fixed:
             raise CheckpointError(
-                f"cannot resume from {path}: the model shape changed ({'; '.join(changed)}); "
-                "resume with the original model settings or start a new --out-dir"
+                f"cannot resume {self.out_dir} with {fixed[0]}: it is part of the saved state "
+                f"of the run; on --resume only {', '.join(RESUMABLE)} may change. Start a new "
+                "run (another --out-dir) for other settings"
             )
+        # under FSDP the weights themselves come from the shards
+        where = "cpu" if self.dist.sharded else self.device
+        saved = Transformer.from_pretrained(path, where, self.cfg.model.trust_remote_code)
         ranks = state["ranks"]
         if len(ranks) != self.dist.world_size:
             raise CheckpointError(
@@ -556,12 +585,21 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
         """Train to ``training.steps``; returns the last evaluation's metrics."""
+        try:
+            return self._train()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _train(self) -> dict:
         cfg, t = self.cfg, self.cfg.training
         main = self.dist.is_main
         if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(to_yaml(cfg))
-        log = Logger(self.out_dir, cfg, enabled=main)
+            write_text(self.out_dir / "config.yaml", to_yaml(cfg))
+        # after a resume TensorBoard hides the events of the replayed steps (purge_step)
+        log = Logger(
+            self.out_dir, cfg, enabled=main, purge_step=self.step + 1 if self.resumed else None
+        )
         old_handlers = {s: signal.signal(s, self._handle_signal) for s in _STOP_SIGNALS}
         bar = tqdm(
             total=t.steps,
@@ -652,7 +690,9 @@ class Logger:
     """Metrics to ``metrics.jsonl`` (always), TensorBoard and Weights & Biases (optional); a
     disabled logger (every rank but 0) writes nothing."""
 
-    def __init__(self, out_dir: Path, cfg: Config, enabled: bool = True) -> None:
+    def __init__(
+        self, out_dir: Path, cfg: Config, enabled: bool = True, purge_step: int | None = None
+    ) -> None:
         self.file = self.tb = self.wandb = None
         if not enabled:
             return
@@ -660,7 +700,7 @@ class Logger:
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out_dir / "tb"))
+            self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge_step)
         if cfg.logging.wandb:
             self.wandb = start_wandb(out_dir, cfg)
 
