@@ -441,6 +441,18 @@ def run_speedup(
 MERGE_KEYS = ("config", "overrides", "steps", "budget_minutes", "eval_every", "eval_examples")
 
 
+def curve_point(row: dict) -> dict:
+    """An evaluation record of ``metrics.jsonl`` as a curve point: step, training seconds
+    (``train_seconds``: the steps' wall-clock, evaluation and saving excluded), accuracy and
+    the NLL bound."""
+    return {
+        "step": row["step"],
+        "seconds": row.get("train_seconds", 0.0),
+        "accuracy": row["eval/accuracy"],
+        "nll": row["eval/nll"],
+    }
+
+
 def training_curve(run: Path) -> list[dict]:
     """The evaluations of a ``puma train`` run directory as a curve: step, training seconds
     (``train_seconds``: the steps' wall-clock, evaluation and saving excluded), accuracy and
@@ -453,14 +465,7 @@ def training_curve(run: Path) -> list[dict]:
         except json.JSONDecodeError:
             raise PumaError(f"{path}: line {lineno} is not JSON") from None
         if "eval/accuracy" in row:
-            curve.append(
-                {
-                    "step": row["step"],
-                    "seconds": row.get("train_seconds", 0.0),
-                    "accuracy": row["eval/accuracy"],
-                    "nll": row["eval/nll"],
-                }
-            )
+            curve.append(curve_point(row))
     if not curve:
         raise PumaError(f"{path} has no evaluation with an accuracy (eval.every too large?)")
     return curve

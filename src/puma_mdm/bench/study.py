@@ -43,7 +43,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from puma_mdm.bench.common import machine_info
-from puma_mdm.bench.speedup import censored_median, check_targets, first_reach, ratio
+from puma_mdm.bench.speedup import (
+    censored_median,
+    check_targets,
+    curve_point,
+    first_reach,
+    ratio,
+)
 from puma_mdm.errors import ConfigError, PumaError
 from puma_mdm.files import write_json
 from puma_mdm.plots import save_figure
@@ -221,12 +227,7 @@ def read_curve(run_dir: Path) -> list[dict]:
             continue  # a line torn by a kill
         if "eval/accuracy" not in record:
             continue
-        point = {
-            "step": record["step"],
-            "seconds": record.get("train_seconds"),
-            "accuracy": record["eval/accuracy"],
-            "nll": record.get("eval/nll"),
-        }
+        point = curve_point(record)
         for policy, suffix in POLICY_SUFFIX.items():
             if suffix and f"eval/accuracy{suffix}" in record:
                 point[f"accuracy_{policy}"] = record[f"eval/accuracy{suffix}"]
