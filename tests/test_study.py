@@ -88,6 +88,20 @@ def test_regimes_that_ask_for_the_same_run_share_it(tmp_path):
     assert cfg.training.puma.k_schedule == [[2, 0]]
 
 
+def test_arm_keys_ignore_how_a_run_would_shard_but_not_what_it_computes(tmp_path):
+    grid = write_study(
+        tmp_path / "grid.yaml",
+        {
+            "base": {},
+            "fsdp": {"both": ["training.parallel=fsdp"]},
+            "lr": {"both": ["training.lr=2e-3"]},
+        },
+    )
+    cells = plan_study(load_study(grid), seeds=[0]).cells
+    assert cells["base"]["0"] == cells["fsdp"]["0"]
+    assert cells["base"]["0"]["standard"] != cells["lr"]["0"]["standard"]
+
+
 def test_summary_has_a_row_per_regime_and_target(finished):
     root, rows = finished
     assert [(r["regime"], r["target"]) for r in rows] == [

@@ -174,10 +174,12 @@ def resolve_arm(regime: Regime, common: Sequence[str], arm: str, seed: int):
 
 
 def arm_key(cfg) -> str:
-    """A digest of everything that shapes the run (its logging settings aside), prefixed by
-    its strategy and seed for readability."""
+    """A digest of everything that shapes the run, prefixed by its strategy and seed for
+    readability. Logging settings and ``training.parallel`` are left out: an arm is one
+    process, so how it would shard across several changes nothing it computes."""
     tree = OmegaConf.to_container(OmegaConf.structured(cfg))
     tree.pop("logging")
+    tree["training"].pop("parallel")
     digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.training.strategy}-s{cfg.training.seed}-{digest}"
 
