@@ -216,10 +216,17 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "study.json" in capsys.readouterr().err
 
 
-def test_bundled_study_resolves():
-    study = load_study("sudoku-regimes")
+@pytest.mark.parametrize("name", ["sudoku-regimes", "sudoku-long"])
+def test_bundled_studies_resolve_every_arm(name):
+    study = load_study(name)
     assert {r.task for r in study.regimes} == {"sudoku"}
-    assert len(study.regimes) >= 8
+    plan = plan_study(study, seeds=[0])
+    assert set(plan.cells) == {r.name for r in study.regimes}
+    assert {cfg.training.strategy for cfg in plan.configs.values()} == {"standard", "progressive"}
+
+
+def test_the_screen_holds_at_least_eight_regimes():
+    assert len(load_study("sudoku-regimes").regimes) >= 8
 
 
 def test_a_copy_with_only_the_curves_still_merges(finished, tmp_path):
