@@ -101,7 +101,7 @@ def test_block_masking_process_resumes():
         BlockMasking(ExampleStream(x0, pm), 8, MASK, 5)
 
 
-def make_pool(mode="standard", k=4):
+def make_pool(mode="fixed", k=4):
     x0, pm = data(200, prompt=S + 2)
     return BlockPool(ExampleStream(x0, pm), 8, MASK, S, [[k, 0]], mode=mode, seed=0)
 
@@ -110,7 +110,7 @@ def confident_logits(x_t):
     return torch.randn(*x_t.shape, V)
 
 
-@pytest.mark.parametrize("mode", ["standard", "confidence_collapse"])
+@pytest.mark.parametrize("mode", ["fixed", "confidence_collapse"])
 def test_block_pool_phases_advance_per_block_and_retire(mode):
     pool = make_pool(mode)
     batch = pool.batch(0)

@@ -1,19 +1,21 @@
 import pytest
 import torch
 
+from puma_mdm import sample
 from puma_mdm.model import ModelConfig, Transformer
-from puma_mdm.sampling import sample
 
 V, L, S = 6, 16, 4
 MASK = V
 
 
 class Recorder(torch.nn.Module):
-    """Wraps a model and keeps every input it was called with."""
+    """Wraps a model (of the same kind) and keeps every input it was called with; the tests
+    decode it with ``cache="none"``, whose inputs are whole prefixes."""
 
     def __init__(self, model: Transformer) -> None:
         super().__init__()
         self.model, self.cfg, self.inputs = model, model.cfg, []
+        self.kind = model.kind
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         self.inputs.append(ids.clone())
@@ -40,7 +42,7 @@ def prompted(rows=3, prompt=6, seed=0):
 def test_blocks_decode_left_to_right_without_touching_the_past(options):
     model = Recorder(block_model(block_size=S))
     x, pm = prompted()
-    result = sample(model, x, MASK, record_order=True, **options)
+    result = sample(model, x, MASK, record_order=True, cache="none", **options)
     out = result.tokens
     assert (out != MASK).all() and torch.equal(out[pm], x[pm])
     for ids in model.inputs:
@@ -70,6 +72,8 @@ def test_each_block_sees_the_same_logits_as_a_one_shot_prefix():
 class AlwaysEos(torch.nn.Module):
     """A block model (cfg only) whose logits favour id ``eos`` everywhere."""
 
+    kind = "block"
+
     def __init__(self, eos: int) -> None:
         super().__init__()
         self.cfg, self.eos = ModelConfig(vocab_size=V, seq_len=L, block_size=S), eos
@@ -85,18 +89,18 @@ def test_eos_stops_a_row_and_pads_it():
     model = AlwaysEos(eos)
     x, pm = prompted(prompt=6)
     recorder = Recorder(model)
-    result = sample(recorder, x, MASK, policy="margin", k=1, eos_id=eos)
+    result = sample(recorder, x, MASK, policy="margin", k=1, eos_id=eos, cache="none")
     assert (result.tokens[~pm] == eos).all()
     # only the block holding the first generated position needs decoding: 2 positions, k=1
     assert result.nfe == 2 and all(ids.shape[1] == 2 * S for ids in recorder.inputs)
-    no_stop = sample(model, x, MASK, policy="margin", k=1)
+    no_stop = sample(model, x, MASK, policy="margin", k=1, cache="none")
     assert no_stop.nfe == L - 6 and torch.equal(no_stop.tokens, result.tokens)
 
 
 def test_causal_model_samples_token_by_token():
     model = Recorder(block_model(causal=True, shift=True))
     x, pm = prompted(prompt=5)
-    result = sample(model, x, MASK, temperature=1.0, record_order=True)
+    result = sample(model, x, MASK, temperature=1.0, record_order=True, cache="none")
     assert result.nfe == L - 5
     assert torch.equal(result.order[0, 5:], torch.arange(L - 5))
     assert [ids.shape[1] for ids in model.inputs] == list(range(6, L + 1))

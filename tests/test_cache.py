@@ -4,8 +4,8 @@ order, same network calls as without it), approximate (dual) for bidirectional o
 import pytest
 import torch
 
+from puma_mdm import sample
 from puma_mdm.model import ModelConfig, Transformer
-from puma_mdm.sampling import sample
 
 V, L = 7, 16
 MASK = V

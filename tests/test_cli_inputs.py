@@ -183,7 +183,7 @@ BAD_CONFIG = {
     "training.warmup_steps": "-1",
     "training.min_lr_ratio": "2",
     "training.grad_clip": "-1",
-    "training.loss_form": "bogus",
+    "training.elbo_form": "bogus",
     "training.loss_norm": "bogus",
     "training.ema": "1",
     "training.seed": "abc",

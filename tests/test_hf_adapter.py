@@ -7,13 +7,15 @@ import pytest
 import torch
 
 from hf_models import BUILDERS, bert, build, edit_config, save, save_tokenizer
+from puma_mdm import sample
 from puma_mdm.cli import main
 from puma_mdm.evaluate import nll_bound
 from puma_mdm.hf.adapter import HFDenoiser, HFModelSpec, load_hf_model
+from puma_mdm.kinds import load_model
 from puma_mdm.losses import mdm_loss
 from puma_mdm.masking import mask_count
 from puma_mdm.model import ModelConfig, Transformer
-from puma_mdm.sampling import POLICIES, sample
+from puma_mdm.sampling import POLICIES
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer
 
@@ -84,7 +86,7 @@ def test_both_strategies_drive_the_toy_loss_down_on_an_hf_model(tmp_path, strate
     trainer.train()
     trained = nll_bound(trainer.model, trainer.eval_set, trainer.task.mask_id, samples=4)
     assert trained < 0.8 * untrained, (untrained, trained)
-    saved = Transformer.from_pretrained(run / "model")  # the HF files + puma_hf.json
+    saved = load_model(run / "model")  # the HF files + puma_hf.json
     assert isinstance(saved, HFDenoiser)
     assert json.loads((run / "model" / "puma_hf.json").read_text())["vocab_size"] == 10
     for a, b in zip(saved.parameters(), trainer.model.parameters(), strict=True):
@@ -100,8 +102,8 @@ def test_resume_of_an_hf_run_is_bit_exact(tmp_path):
     resumed = Trainer(load_config(None, [*common, f"logging.out_dir={split}"]), resume=True)
     assert resumed.step == 2
     resumed.train()
-    a = Transformer.from_pretrained(tmp_path / "straight" / "model")
-    b = Transformer.from_pretrained(split / "model")
+    a = load_model(tmp_path / "straight" / "model")
+    b = load_model(split / "model")
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
 
@@ -245,7 +247,7 @@ def test_a_model_directory_cannot_grant_itself_remote_code(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "needs the code shipped in its directory" in err and "--trust-remote-code" in err
     assert not ran.exists()  # nothing from the directory was imported
-    assert isinstance(Transformer.from_pretrained(path, trust_remote_code=True), HFDenoiser)
+    assert isinstance(load_model(path, trust_remote_code=True), HFDenoiser)
     assert ran.exists()  # the user's own flag, and only it, runs the code
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from hf_models import build, transformers
+from puma_mdm import sample
 from puma_mdm.cli import main
 from puma_mdm.hf.adapter import HFDenoiser, HFModelSpec, load_hf_model
 from puma_mdm.model import ModelConfig, Transformer
 from puma_mdm.prime.model import PrimeTransformer
-from puma_mdm.sampling import sample
 
 
 def ours(directory, **changes):

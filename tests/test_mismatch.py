@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from puma_mdm import sample
 from puma_mdm.cli import main
 from puma_mdm.errors import PumaError
 from puma_mdm.mismatch import Mismatch, decoder_states, measure_mismatch
 from puma_mdm.model import ModelConfig, Transformer
-from puma_mdm.sampling import sample
 from puma_mdm.tasks.base import Examples
 
 MASK = 2  # the crafted models below have two tokens, 0 and 1

@@ -1,4 +1,4 @@
-"""MDM-Prime losses and the honesty note (DESIGN.md §6), on an enumerable toy.
+"""MDM-Prime losses and the honesty note (docs/algorithms.md §6), on an enumerable toy.
 
 The toy: sequences of L = 2 tokens over C = 5 classes with a known distribution. Every digit
 mask of every sequence is enumerated with its probability under the count form (n ~ U{1..N}

@@ -5,11 +5,12 @@ import itertools
 import pytest
 import torch
 
+from puma_mdm import sample
 from puma_mdm.model import ModelConfig, Transformer
 from puma_mdm.prime.encoding import PrimeCodec
 from puma_mdm.prime.model import PrimeTransformer
 from puma_mdm.prime.sampling import sample_digits, sample_tokens
-from puma_mdm.sampling import POLICIES, sample
+from puma_mdm.sampling import POLICIES
 
 
 def prime_model(classes: int, digits: int, length: int = 10, seed: int = 0) -> PrimeTransformer:
@@ -25,6 +26,8 @@ def prime_model(classes: int, digits: int, length: int = 10, seed: int = 0) -> P
 
 class Counting(torch.nn.Module):
     """A deterministic fake Prime model that records every call."""
+
+    kind = "prime"
 
     def __init__(self, codec: PrimeCodec, length: int) -> None:
         super().__init__()

@@ -7,13 +7,13 @@ import pytest
 
 from puma_mdm.cli import bundled_config, main
 from puma_mdm.errors import ConfigError
-from puma_mdm.model import Transformer
+from puma_mdm.kinds import build_model, load_model
 from puma_mdm.prime.evaluate import prime_nll_bound
 from puma_mdm.prime.model import PrimeTransformer
 from puma_mdm.tasks import build_task
 from puma_mdm.train.checkpoint import checkpoint_dirs
 from puma_mdm.train.config import load_config
-from puma_mdm.train.trainer import Trainer, build_model
+from puma_mdm.train.trainer import Trainer
 from tiny import TINY_RUN, WALL_CLOCK
 
 TINY = [*TINY_RUN, "eval.examples=40", "logging.log_every=5"]
@@ -70,7 +70,7 @@ def test_two_digits_learn_with_both_strategies(tmp_path, strategy, loss):
     assert trained < 0.75 * untrained, (untrained, trained)
     assert {"nll", "nll_joint", "accuracy", "nfe"} <= set(metrics)
     assert metrics["nfe"] == 10  # k = 1 digit per step: 5 tokens × 2 digits
-    loaded = Transformer.from_pretrained(tmp_path / "model")
+    loaded = load_model(tmp_path / "model")
     assert isinstance(loaded, PrimeTransformer) and loaded.cfg.prime_digits == 2
 
 

@@ -7,7 +7,7 @@ MASK, V = 9, 9
 B, L, P = 16, 24, 4  # pool size, length, prompt length
 
 
-def make_pool(k_schedule=((4, 0),), mode="standard", tau=0.9, seed=0, n=200):
+def make_pool(k_schedule=((4, 0),), mode="fixed", tau=0.9, seed=0, n=200):
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, V, (n, L), generator=gen)
     for digit in range(3):  # a per-example id written in base V into the prompt

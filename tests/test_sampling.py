@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from conftest import FixedScores
+from puma_mdm import sample
 from puma_mdm.masking.base import pick_top
 from puma_mdm.model import ModelConfig, Transformer
-from puma_mdm.sampling import POLICIES, choose_values, sample
+from puma_mdm.sampling import POLICIES, choose_values
 
 V, MASK = 5, 5
 

@@ -4,13 +4,13 @@ that neither the pool's update nor the samplers' loop synchronises host and devi
 import pytest
 import torch
 
+from puma_mdm import sample
 from puma_mdm.masking import ExampleStream, ProgressivePool
 from puma_mdm.model import ModelConfig, Transformer
-from puma_mdm.sampling import sample
 from test_progressive import MASK, B, L, P, V, crafted_logits, ids, stage_bounds, unmasked_count
 
 
-def make_pool(sync_free=True, mode="standard", K=4, device="cpu", n=200):
+def make_pool(sync_free=True, mode="fixed", K=4, device="cpu", n=200):
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, V, (n, L), generator=gen)
     for digit in range(3):  # a per-example id written in base V into the prompt
@@ -24,7 +24,7 @@ def make_pool(sync_free=True, mode="standard", K=4, device="cpu", n=200):
     return pool, ExampleStream(x0, prompt, seed=0)
 
 
-@pytest.mark.parametrize("mode", ["standard", "confidence_collapse"])
+@pytest.mark.parametrize("mode", ["fixed", "confidence_collapse"])
 @pytest.mark.parametrize("K", [1, 3, 4])
 def test_stages_and_ground_truth_reveals_hold_on_the_sync_free_path(K, mode):
     pool, _ = make_pool(K=K, mode=mode)

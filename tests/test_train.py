@@ -78,6 +78,18 @@ def test_bad_config_is_named(override, message, tmp_path, capsys):
     assert message in err and err.count("\n") == 1
 
 
+def test_renamed_keys_and_values_keep_their_old_spellings(tmp_path):
+    """A config written before a rename (a saved run's config.yaml) loads to the new names."""
+    old = tmp_path / "old.yaml"
+    old.write_text("training:\n  loss_form: continuous\n  puma: {mode: standard}\n")
+    for cfg in (
+        load_config(old),
+        load_config(None, ["training.loss_form=continuous", "training.puma.mode=standard"]),
+    ):
+        assert (cfg.training.elbo_form, cfg.training.puma.mode) == ("continuous", "fixed")
+    assert load_config(None).training.elbo_form == "count"
+
+
 def test_config_file_missing():
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("/nonexistent.yaml")

@@ -1,4 +1,4 @@
-"""Autoregressive models and MDMs initialised from one (DESIGN.md §3).
+"""Autoregressive models and MDMs initialised from one (docs/algorithms.md §3).
 
 An ARM is the puma Transformer with causal attention and ``shift``: output ``i`` is computed at
 position ``i−1``, i.e. ``p(x_i | x_<i)``. Its training loss is next-token cross-entropy over every

@@ -145,6 +145,7 @@ DEFAULT_ENTROPY_BOUNDS = "0.01,0.1"
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from puma_mdm.kinds import kind_of
     from puma_mdm.policy_table import format_table, policy_table
     from puma_mdm.pretrained import load_trained, resolve_model_dir
 
@@ -155,16 +156,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_cache_option(model, args)
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
-    prime = getattr(model, "codec", None) is not None
+    kind = kind_of(model)
     bounds = args.entropy_bounds
-    if prime and bounds:  # digit-by-digit decoding has no entropy-bounded rule
+    if not kind.entropy_bounded and bounds:  # e.g. digit-by-digit decoding
         if bounds != A.list_of(A.positive_float)(DEFAULT_ENTROPY_BOUNDS):
             raise PumaError(
                 "--entropy-bounds: MDM-Prime models are decoded digit by digit, without an "
                 "entropy-bounded rule; drop the option"
             )
         bounds = []
-    if not task.scores_outputs and not prime:  # text corpora: the NLL bound, no accuracy
+    report = kind.eval_report(
+        model,
+        task,
+        examples,
+        policies=args.policies,
+        time_steps=args.time_steps or [task.seq_len],
+        nll_samples=args.nll_samples,
+        batch_size=args.batch_size,
+        autocast_dtype=None if args.fp32 else torch.bfloat16,
+    )
+    if not task.scores_outputs and report is None:  # text corpora: the NLL bound, no accuracy
         return report_likelihood(args, model, task, examples)
     print(f"{task.name}: {len(examples)} examples, model {resolve_model_dir(args.model)}")
     record = {"model": str(args.model), "data": args.data}
@@ -183,20 +194,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             refresh=args.refresh,
         )
         print(format_table(record["rows"]))
-    if prime:  # MDM-Prime: NLL bound, NFE, idle steps
-        from puma_mdm.prime.evaluate import format_prime, prime_eval
-
-        record["prime"] = prime_eval(
-            model,
-            task,
-            examples,
-            policies=args.policies,
-            time_steps=args.time_steps or [task.seq_len],
-            nll_samples=args.nll_samples,
-            batch_size=args.batch_size,
-            autocast_dtype=None if args.fp32 else torch.bfloat16,
-        )
-        print(format_prime(record["prime"]))
+    if report is not None:  # the kind's own figures (MDM-Prime: NLL bound, NFE, idle steps)
+        key, values, text = report
+        record[key] = values
+        print(text)
     out = Path(args.out) if args.out else resolve_model_dir(args.model) / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))

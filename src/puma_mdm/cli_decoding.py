@@ -7,7 +7,8 @@ import argparse
 
 from puma_mdm import arguments as A
 from puma_mdm.errors import PumaError
-from puma_mdm.sampling import CACHES, POLICIES, check_cache, check_sampling_args
+from puma_mdm.kinds import kind_of
+from puma_mdm.sampling import CACHES, POLICIES, check_sampling_args
 
 
 def add_cache_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,12 +58,11 @@ def add_decoding_arguments(p: argparse.ArgumentParser, unit: str) -> None:
 
 def check_cache_option(model, args: argparse.Namespace) -> None:
     """Refuse a ``--cache``/``--refresh`` the model cannot use (exit 2, one line)."""
-    cfg = getattr(model, "cfg", None)
-    block = 1 if getattr(cfg, "causal", False) else getattr(cfg, "block_size", 0)
     if args.cache not in CACHES:
         raise PumaError(f"--cache {args.cache}: not one of {', '.join(CACHES)}")
+    kind = kind_of(model)
     try:
-        check_cache(model, args.cache, args.refresh, block)
+        kind.check_cache(args.cache, args.refresh, kind.decode_block)
     except ValueError as err:
         raise PumaError(f"--cache {args.cache}: {err}") from None
 

@@ -8,11 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
-from puma_mdm.arm import next_token_batch
-from puma_mdm.losses import mdm_loss
-from puma_mdm.masking import Batch, block_logits, mask_continuous, mask_count
-from puma_mdm.masking.block import mask_blocks
-from puma_mdm.sampling import sample
+from puma_mdm.kinds import kind_of, sample
+from puma_mdm.modes import evaluating
 from puma_mdm.tasks.base import Examples, Task
 
 
@@ -36,33 +33,31 @@ def evaluate(
     (``auto`` resolved). ``k`` applies
     when neither ``threshold`` nor ``entropy_bound`` is given; ``cache`` and ``refresh`` are
     :func:`~puma_mdm.sampling.sample`'s."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    correct, nfe, batches, used = 0, 0, 0, cache
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        chunk = Examples(chunk.x0.to(device), chunk.prompt_mask.to(device))
-        result = sample(
-            model,
-            task.masked_inputs(chunk),
-            task.mask_id,
-            policy=policy,
-            k=None if threshold is not None or entropy_bound is not None else k,
-            threshold=threshold,
-            entropy_bound=entropy_bound,
-            generator=generator,
-            autocast_dtype=autocast_dtype,
-            eos_id=getattr(task, "eos_id", None),
-            cache=cache,
-            refresh=refresh,
-        )
-        correct += int(task.correct(result.tokens, chunk).sum())
-        nfe += result.nfe
-        batches += 1
-        used = result.cache
-    model.train(was_training)
+    with evaluating(model):
+        device = next(model.parameters()).device
+        generator = torch.Generator().manual_seed(seed)
+        correct, nfe, batches, used = 0, 0, 0, cache
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            chunk = Examples(chunk.x0.to(device), chunk.prompt_mask.to(device))
+            result = sample(
+                model,
+                task.masked_inputs(chunk),
+                task.mask_id,
+                policy=policy,
+                k=None if threshold is not None or entropy_bound is not None else k,
+                threshold=threshold,
+                entropy_bound=entropy_bound,
+                generator=generator,
+                autocast_dtype=autocast_dtype,
+                eos_id=getattr(task, "eos_id", None),
+                cache=cache,
+                refresh=refresh,
+            )
+            correct += int(task.correct(result.tokens, chunk).sum())
+            nfe += result.nfe
+            batches += 1
+            used = result.cache
     return {
         "accuracy": correct / len(examples),
         "nfe": nfe / batches,
@@ -71,7 +66,6 @@ def evaluate(
     }
 
 
-@torch.no_grad()
 def nll_bound(
     model: torch.nn.Module,
     examples: Examples,
@@ -85,43 +79,7 @@ def nll_bound(
     ELBO: ``count`` form E_n[(1/n) Σ_masked −log p(x0_i | x_t)], or ``continuous`` form
     E_t[(1/(t·L_eff)) Σ_masked −log p(x0_i | x_t)] with antithetic t across each batch.
     Block models are scored block by block (their ELBO); an ARM gives its exact NLL."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    total, count = 0.0, 0
-    for _ in range(samples):
-        for start in range(0, len(examples), batch_size):
-            x0 = examples.x0[start : start + batch_size].to(device)
-            prompt = examples.prompt_mask[start : start + batch_size].to(device)
-            batch, logits = scored_batch(model, x0, prompt, mask_id, generator, form)
-            total += float(mdm_loss(logits, batch)) * len(x0)
-            count += len(x0)
-    model.train(was_training)
-    return total / count
-
-
-def scored_batch(
-    model: torch.nn.Module,
-    x0: torch.Tensor,
-    prompt: torch.Tensor,
-    mask_id: int,
-    generator: torch.Generator,
-    form: str = "count",
-) -> tuple[Batch, torch.Tensor]:
-    """A batch of the kind the model trains on, and its logits there: next-token targets for an
-    ARM, per-block masks for a block model, random masks otherwise."""
-    cfg = getattr(model, "cfg", None)
-    if getattr(cfg, "causal", False):
-        return next_token_batch(x0, prompt), model(x0)
-    block = getattr(cfg, "block_size", 0)
-    if block:
-        batch = mask_blocks(x0, prompt, mask_id, block, generator, form)
-        return batch, block_logits(model, batch.x_t, batch.x0, block)
-    batch = {"count": mask_count, "continuous": mask_continuous}[form](
-        x0, prompt, mask_id, generator
-    )
-    return batch, model(batch.x_t)
+    return kind_of(model).nll_bound(model, examples, mask_id, samples, batch_size, seed, form)
 
 
 def likelihood_report(

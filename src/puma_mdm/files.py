@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -25,17 +27,27 @@ def fsync_tree(directory: Path) -> None:
     fsync_path(directory)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` atomically and durably: to ``path.tmp`` first, fsynced, then renamed."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; when the block ends without an exception
+    the file is fsynced and renamed onto ``path`` (then the directory is fsynced), otherwise
+    removed, so ``path`` is always the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     fsync_path(path.parent)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically and durably (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: Path, data: dict) -> None:

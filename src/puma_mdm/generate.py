@@ -16,7 +16,8 @@ import torch
 
 from puma_mdm.cli_decoding import add_decoding_arguments, check_cache_option, decoding_options
 from puma_mdm.errors import PumaError
-from puma_mdm.sampling import check_sampling_args, sample
+from puma_mdm.kinds import sample
+from puma_mdm.sampling import check_sampling_args
 from puma_mdm.tasks.tokenized import TokenizedTask
 
 
@@ -73,7 +74,7 @@ def generate(
 ) -> list[Generation]:
     """``n`` completions of ``prompt`` (unconditional text when None), ``length`` tokens each
     (default: up to the model's sequence length); ``entropy_bound``, ``cache`` and ``refresh``
-    as in :func:`~puma_mdm.sampling.sample`."""
+    as in :func:`~puma_mdm.kinds.sample`."""
     parallel = threshold is not None or entropy_bound is not None
     try:
         check_sampling_args(

@@ -1,4 +1,4 @@
-"""The mismatch meter (DESIGN.md §7): a model's loss on the masks its own adaptive decoder
+"""The mismatch meter (docs/algorithms.md §7): a model's loss on the masks its own adaptive decoder
 produces, stage by stage, against random masks with as many masked positions.
 
 Each held-out example is decoded from its prompt (policy and ``k`` or threshold as in
@@ -40,9 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from puma_mdm.errors import PumaError
+from puma_mdm.kinds import sample
 from puma_mdm.masking.base import pick_top, random_scores
+from puma_mdm.modes import evaluating
 from puma_mdm.plots import save_figure
-from puma_mdm.sampling import check_sampling_args, sample
+from puma_mdm.sampling import check_sampling_args
 from puma_mdm.tasks.base import Examples
 
 CURVES = ("decoder_masks", "random_masks", "decoder_states")
@@ -168,48 +170,46 @@ def measure_mismatch(
             raise PumaError(f"{name} must be ≥ 1, got {value}")
     if len(examples) == 0:
         raise PumaError("no examples to measure on")
-    was_training = model.training
-    model.eval()
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    sample_gen = torch.Generator().manual_seed(seed)
-    mask_gen = torch.Generator().manual_seed(seed + 1)
-    records: dict[str, list] = {name: [] for name in ("example", "stage", "bin", *CURVES)}
-    tokens = []
-    for start in range(0, len(examples), batch_size):
-        x0 = examples.x0[start : start + batch_size].to(device)
-        free = ~examples.prompt_mask[start : start + batch_size].to(device)
-        result = sample(
-            model,
-            x0.masked_fill(free, mask_id),
-            mask_id,
-            policy=policy,
-            k=None if threshold is not None else k,
-            threshold=threshold,
-            generator=sample_gen,
-            record_order=True,
-            autocast_dtype=autocast_dtype,
-        )
-        tokens.append(result.tokens.cpu())
-        states = decoder_states(result.order)
-        s_x0, s_free, masked = x0[states.example], free[states.example], states.masked
+    with evaluating(model):
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        sample_gen = torch.Generator().manual_seed(seed)
+        mask_gen = torch.Generator().manual_seed(seed + 1)
+        records: dict[str, list] = {name: [] for name in ("example", "stage", "bin", *CURVES)}
+        tokens = []
+        for start in range(0, len(examples), batch_size):
+            x0 = examples.x0[start : start + batch_size].to(device)
+            free = ~examples.prompt_mask[start : start + batch_size].to(device)
+            result = sample(
+                model,
+                x0.masked_fill(free, mask_id),
+                mask_id,
+                policy=policy,
+                k=None if threshold is not None else k,
+                threshold=threshold,
+                generator=sample_gen,
+                record_order=True,
+                autocast_dtype=autocast_dtype,
+            )
+            tokens.append(result.tokens.cpu())
+            states = decoder_states(result.order)
+            s_x0, s_free, masked = x0[states.example], free[states.example], states.masked
 
-        def loss(x_t: torch.Tensor, masked: torch.Tensor, s_x0=s_x0) -> torch.Tensor:
-            return mean_masked_ce(model, x_t, s_x0, masked, batch_size, autocast_dtype)
+            def loss(x_t: torch.Tensor, masked: torch.Tensor, s_x0=s_x0) -> torch.Tensor:
+                return mean_masked_ce(model, x_t, s_x0, masked, batch_size, autocast_dtype)
 
-        own = result.tokens[states.example]
-        records["decoder_masks"].append(loss(s_x0.masked_fill(masked, mask_id), masked))
-        records["decoder_states"].append(loss(own.masked_fill(masked, mask_id), masked))
-        random_loss = torch.zeros(len(masked), device=device)
-        for _ in range(draws):
-            other = random_masks_like(masked, s_free, mask_gen)
-            random_loss += loss(s_x0.masked_fill(other, mask_id), other) / draws
-        records["random_masks"].append(random_loss)
-        l_eff, unmasked = s_free.sum(1), (s_free & ~masked).sum(1)
-        records["example"].append(states.example + start)
-        records["stage"].append(unmasked / l_eff)
-        records["bin"].append(unmasked * bins // l_eff)
-    model.train(was_training)
+            own = result.tokens[states.example]
+            records["decoder_masks"].append(loss(s_x0.masked_fill(masked, mask_id), masked))
+            records["decoder_states"].append(loss(own.masked_fill(masked, mask_id), masked))
+            random_loss = torch.zeros(len(masked), device=device)
+            for _ in range(draws):
+                other = random_masks_like(masked, s_free, mask_gen)
+                random_loss += loss(s_x0.masked_fill(other, mask_id), other) / draws
+            records["random_masks"].append(random_loss)
+            l_eff, unmasked = s_free.sum(1), (s_free & ~masked).sum(1)
+            records["example"].append(states.example + start)
+            records["stage"].append(unmasked / l_eff)
+            records["bin"].append(unmasked * bins // l_eff)
     flat = {name: torch.cat(parts).cpu().numpy() for name, parts in records.items()}
     return Mismatch(
         example=flat["example"],

@@ -1,4 +1,4 @@
-"""Bidirectional Transformer denoiser for masked diffusion (DESIGN.md §2).
+"""Bidirectional Transformer denoiser for masked diffusion (docs/algorithms.md §2).
 
 token embedding (+ optional learned structured-position tables) → N pre-norm blocks
 (RMSNorm → multi-head attention with RoPE via ``F.scaled_dot_product_attention`` → RMSNorm →
@@ -28,8 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from puma_mdm.errors import ConfigError, ModelLoadError
-from puma_mdm.files import write_json
-from puma_mdm.hf import HF_RECORD
+from puma_mdm.files import atomic_path, write_json
 from puma_mdm.manifest import corrupt_files, write_manifest
 from puma_mdm.masking.block import block_causal_mask
 
@@ -63,6 +62,15 @@ class ModelConfig:
     @property
     def mask_id(self) -> int:
         return self.vocab_size
+
+    @property
+    def kind(self) -> str:
+        """The model kind (kinds.py) this shape makes: ``arm``, ``block``, ``prime`` or ``mdm``."""
+        if self.causal:
+            return "arm"
+        if self.block_size:
+            return "block"
+        return "prime" if self.prime_digits else "mdm"
 
     @property
     def kv_heads(self) -> int:
@@ -369,6 +377,8 @@ class Transformer(nn.Module):
         self.head = None if cfg.tie_head else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
 
+    digit_input = False  # MDM-Prime's subclass reads digit states instead of token ids
+
     @staticmethod
     def token_embedding(cfg: ModelConfig) -> nn.Module:
         """ids (B, L) → (B, L, dim); one row per token plus the mask."""
@@ -382,6 +392,11 @@ class Transformer(nn.Module):
     @property
     def mask_id(self) -> int:
         return self.cfg.mask_id
+
+    @property
+    def kind(self) -> str:
+        """The model kind (kinds.py), from the config."""
+        return self.cfg.kind
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -451,31 +466,19 @@ class Transformer(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        tmp.replace(directory / WEIGHTS_NAME)
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
         write_json(directory / CONFIG_NAME, self.cfg.to_dict())
         write_manifest(directory)
 
     @classmethod
     def from_pretrained(
-        cls,
-        directory: str | Path,
-        map_location: str | torch.device = "cpu",
-        trust_remote_code: bool = False,
+        cls, directory: str | Path, map_location: str | torch.device = "cpu"
     ) -> Transformer:
-        """Load a model written by :meth:`save_pretrained` (an MDM-Prime model as
-        :class:`~puma_mdm.prime.model.PrimeTransformer`, a Hugging Face model trained with
-        ``model.hf_path`` as :class:`~puma_mdm.hf.adapter.HFDenoiser`), after checking every
-        file against the directory's manifest. ``trust_remote_code`` is the caller's decision
-        to run Python code shipped in a Hugging Face model directory; nothing in the directory
-        can grant it."""
+        """Load a network of this class written by :meth:`save_pretrained`, after checking every
+        file against the directory's manifest (any kind of model: ``puma_mdm.load_model``)."""
         directory = Path(directory)
         check_manifest(directory)
-        if (directory / HF_RECORD).is_file() and cls is Transformer:
-            from puma_mdm.hf.adapter import HFDenoiser  # a Hugging Face model trained by puma
-
-            return HFDenoiser.from_pretrained(directory, map_location, trust_remote_code)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
@@ -487,10 +490,11 @@ class Transformer(nn.Module):
             cfg = ModelConfig.from_dict(json.loads(config_path.read_text()))
         except (ValueError, TypeError, AttributeError) as err:  # ConfigError is a ValueError
             raise ModelLoadError(f"{config_path}: not a valid model config ({err})") from None
-        if cfg.prime_digits and cls is Transformer:
-            from puma_mdm.prime.model import PrimeTransformer
-
-            cls = PrimeTransformer
+        if cls.digit_input != bool(cfg.prime_digits):
+            raise ModelLoadError(
+                f"{directory} holds a model of kind {cfg.kind!r}, not a {cls.__name__}; load "
+                "it with puma_mdm.load_model"
+            )
         model = cls(cfg)
         try:
             state = load_file(str(weights_path), device=str(map_location))

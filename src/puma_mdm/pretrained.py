@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from puma_mdm.errors import ModelLoadError, PumaError
-from puma_mdm.model import Transformer
+from puma_mdm.kinds import load_model
 from puma_mdm.tasks import Task, build_task
 
 TASK_FILE = "task.json"
@@ -29,12 +29,12 @@ def load_trained(
     expect_task: str | None = None,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
-) -> tuple[Transformer, Task]:
+) -> tuple[torch.nn.Module, Task]:
     """The model in ``path`` and its task (from ``task.json``); with ``expect_task`` a model
     trained on another task is refused. Code shipped in a Hugging Face model directory runs only
     with the caller's ``trust_remote_code``, never because of a file in the directory."""
     directory = resolve_model_dir(path)
-    model = Transformer.from_pretrained(directory, device, trust_remote_code)
+    model = load_model(directory, device, trust_remote_code)
     record_path = directory / TASK_FILE
     if not record_path.is_file():
         raise ModelLoadError(f"{directory} has no {TASK_FILE}, so its task is unknown")

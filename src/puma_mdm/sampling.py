@@ -1,4 +1,4 @@
-"""Adaptive-order sampling of masked diffusion models (DESIGN.md §4).
+"""Adaptive-order sampling of masked diffusion models (docs/algorithms.md §4).
 
 Start from ``x_t`` (every position to generate holds the mask id); each step runs the model
 once over the rows that still have masks, scores every masked position with an unmasking
@@ -17,9 +17,9 @@ once over the rows that still have masks, scores every masked position with an u
 * which value: the argmax (``temperature=0``) or a sample from p^(1/T) by Gumbel-max in float64.
 
 Everything is vectorised over the batch; positions that are not masked at the start
-(prompts, given context) are never changed. Block-diffusion models (``cfg.block_size``) are
-decoded block by block, and autoregressive ones (``cfg.causal``) token by token, left to right
-(:func:`sample_blocks`).
+(prompts, given context) are never changed. Block-diffusion models are decoded block by block,
+and autoregressive ones token by token, left to right (:func:`sample_blocks`); which applies to
+a model is its kind's decision (:func:`puma_mdm.kinds.sample`).
 
 Network calls can reuse keys and values (``cache``, :data:`CACHES`): ``prefix`` is exact for
 block-causal and causal puma models — a finished block never changes, so it is encoded once,
@@ -112,42 +112,7 @@ def check_sampling_args(
         raise ValueError(f"temperature must be ≥ 0, got {temperature}")
 
 
-CACHES = ("auto", "none", "prefix", "dual")
-
-
-def check_cache(model, cache: str, refresh: int, block_size: int) -> str:
-    """The cache kind to use when decoding in blocks of ``block_size`` (0 = all at once):
-    ``auto`` is ``prefix`` where that is exact, else ``none``. ``ValueError`` for a kind the
-    model cannot use."""
-    if cache not in CACHES:
-        raise ValueError(f"unknown cache {cache!r}; choose one of {list(CACHES)}")
-    if not isinstance(refresh, int) or refresh < 1:
-        raise ValueError(
-            f"refresh (calls between dual-cache refreshes) must be ≥ 1, got {refresh!r}"
-        )
-    cfg = getattr(model, "cfg", None)
-    puma = isinstance(model, Transformer) and getattr(model, "codec", None) is None
-    causal, blocks = getattr(cfg, "causal", False), getattr(cfg, "block_size", 0)
-    exact = puma and block_size > 0 and (causal or (blocks and block_size % blocks == 0))
-    if cache == "auto":
-        return "prefix" if exact else "none"
-    if cache != "none" and not puma:
-        raise ValueError(
-            f"cache {cache!r} needs a puma Transformer (not an MDM-Prime model, a Hugging Face "
-            "network or a plain function); use cache='none'"
-        )
-    if cache == "prefix" and not exact:
-        raise ValueError(
-            "cache 'prefix' is exact only for a causal model or a block-diffusion model decoded "
-            "in (multiples of) its own blocks; use cache='dual' (approximate, bidirectional "
-            "models) or 'none'"
-        )
-    if cache == "dual" and (causal or blocks or cfg.shift or block_size):
-        raise ValueError(
-            "cache 'dual' is for bidirectional models without ARM shift, decoded all at once; "
-            "block-diffusion and autoregressive models use the exact cache='prefix'"
-        )
-    return cache
+CACHES = ("auto", "none", "prefix", "dual")  # ``auto`` is resolved per model kind (kinds.py)
 
 
 def choose_values(
@@ -273,49 +238,22 @@ def sample(
     generator: torch.Generator | None = None,
     record_order: bool = False,
     autocast_dtype: torch.dtype | None = None,
-    block_size: int | None = None,
+    block_size: int = 0,
     eos_id: int | None = None,
     entropy_bound: float | None = None,
-    cache: str = "auto",
+    cache: str = "none",
     refresh: int = 4,
 ) -> SampleResult:
-    """Fill every ``mask_id`` position of ``x_t`` (B, L). With none of ``k``, ``steps``,
-    ``threshold``, ``entropy_bound`` given, ``k=1``. ``model`` maps ids (B, L) to logits
-    (B, L, V). An MDM-Prime model (one with a ``codec``) is sampled digit by digit
-    (:mod:`puma_mdm.prime.sampling`). ``block_size`` (default: 1 for a causal model, else the
-    model's ``cfg.block_size``, 0 = the whole sequence at once) and ``eos_id`` are as in
-    :func:`sample_blocks`. ``cache``: ``auto`` (``prefix`` where exact, else ``none``),
-    ``none``, ``prefix`` or ``dual`` (refreshed every ``refresh`` steps), see :data:`CACHES`."""
-    cfg = getattr(model, "cfg", None)
-    if block_size is None:
-        block_size = 1 if getattr(cfg, "causal", False) else getattr(cfg, "block_size", 0)
-    codec = getattr(model, "codec", None)
-    if codec is not None:
-        if entropy_bound is not None or cache not in ("auto", "none"):
-            raise ValueError(
-                "MDM-Prime models are sampled digit by digit: entropy_bound and cache do not "
-                "apply; use k, steps or threshold and cache='none'"
-            )
-        from puma_mdm.prime.sampling import sample_tokens
-
-        return sample_tokens(
-            model,
-            x_t,
-            mask_id,
-            codec,
-            policy=policy,
-            k=k,
-            steps=steps,
-            threshold=threshold,
-            temperature=temperature,
-            generator=generator,
-            record_order=record_order,
-            autocast_dtype=autocast_dtype,
-        )
+    """Fill every ``mask_id`` position of ``x_t`` (B, L) with ``model``, a map from ids (B, L)
+    to logits (B, L, V). With none of ``k``, ``steps``, ``threshold``, ``entropy_bound`` given,
+    ``k=1``. ``block_size`` > 0 decodes in blocks (:func:`sample_blocks`, with ``eos_id``);
+    ``cache`` is ``none``, ``prefix`` (block-causal or causal Transformers) or ``dual``
+    (bidirectional Transformers, refreshed every ``refresh`` steps), see :data:`CACHES`. The
+    model's kind picks the block size and cache: call :func:`puma_mdm.sample`, which checks
+    them (:mod:`puma_mdm.kinds`)."""
     decoding = Decoding(
         policy, k, steps, threshold, entropy_bound, temperature, generator, autocast_dtype
     )
-    cache = check_cache(model, cache, refresh, block_size)
     if x_t.dim() != 2:
         raise ValueError(f"x_t must be (batch, length), got shape {tuple(x_t.shape)}")
     if block_size:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from puma_mdm.errors import PumaError
-from puma_mdm.sampling import sample
+from puma_mdm.kinds import sample
 from puma_mdm.tasks.sudoku import SudokuTask
 from puma_mdm.tasks.sudoku_formats import parse_grid, read_puzzles
 from puma_mdm.tasks.sudoku_puzzles import SudokuError, check_clues, count_solutions, explain
@@ -59,7 +59,7 @@ def solve_with_model(
     threshold: float | None = None,
     **options,
 ) -> list[Solution]:
-    """Decode every puzzle; ``options``: more :func:`~puma_mdm.sampling.sample` keywords
+    """Decode every puzzle; ``options``: more :func:`~puma_mdm.kinds.sample` keywords
     (``entropy_bound``, ``cache``, ``refresh``)."""
     examples = task.encode(puzzles)
     parallel = threshold is not None or options.get("entropy_bound") is not None

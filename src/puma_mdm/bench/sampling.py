@@ -22,9 +22,10 @@ import torch
 from puma_mdm.bench.common import AUTOCASTS, machine_info, sync
 from puma_mdm.errors import PumaError
 from puma_mdm.files import write_json
+from puma_mdm.kinds import kind_of, sample
 from puma_mdm.plots import plt, save_figure
 from puma_mdm.pretrained import load_trained
-from puma_mdm.sampling import CACHES, check_cache, check_sampling_args, sample
+from puma_mdm.sampling import CACHES, check_sampling_args
 from puma_mdm.tasks.base import Examples
 
 DECODER = re.compile(r"^(k|tau|eb)=([0-9.eE+-]+)$")
@@ -60,12 +61,12 @@ def parse_model(text: str) -> tuple[str, str]:
     return name, directory
 
 
-def caches_for(model, caches: list[str], block_size: int) -> list[str]:
+def caches_for(model, caches: list[str]) -> list[str]:
     """The cache kinds of ``caches`` that ``model`` can use (``none`` first)."""
-    usable = []
+    kind, usable = kind_of(model), []
     for cache in caches:
         try:
-            resolved = check_cache(model, cache, 4, block_size)
+            resolved = kind.check_cache(cache, 4, kind.decode_block)
         except ValueError:
             continue
         if resolved not in usable:
@@ -199,9 +200,7 @@ def run_sampling_bench(
     rows = []
     for name, directory in named:
         model, task = load_trained(directory)
-        cfg = model.cfg
-        block = 1 if getattr(cfg, "causal", False) else getattr(cfg, "block_size", 0)
-        usable = caches_for(model, list(caches), block)
+        usable = caches_for(model, list(caches))
         pool = task.eval_examples()
         for batch in batch_sizes:
             n = min(len(pool), max(batch, single_examples if batch == 1 else examples))

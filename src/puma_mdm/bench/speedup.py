@@ -238,7 +238,7 @@ def plot_curves(summary: dict, path: Path, title: str) -> None:
 
 
 @dataclass
-class Arm:
+class ExperimentArm:
     """One strategy's Trainer and what has been measured on it."""
 
     strategy: str
@@ -377,7 +377,7 @@ def run_speedup(
     finished: list[dict[str, list[dict]]] = []
     for seed in report["settings"]["seeds"]:
         arms = [
-            Arm(
+            ExperimentArm(
                 strategy,
                 Trainer(
                     load_config(

@@ -25,10 +25,11 @@ import torch
 from puma_mdm.bench.common import AUTOCASTS, machine_info, sync
 from puma_mdm.errors import PumaError
 from puma_mdm.files import write_json
+from puma_mdm.kinds import sample
 from puma_mdm.losses import mdm_loss
 from puma_mdm.model import Transformer
 from puma_mdm.pretrained import load_trained
-from puma_mdm.sampling import POLICIES, sample
+from puma_mdm.sampling import POLICIES
 from puma_mdm.tasks import Examples, Task, build_task
 from puma_mdm.train.config import load_config
 from puma_mdm.train.distributed import resolve_device
@@ -43,7 +44,8 @@ SIZES = {
     "reference": REFERENCE,  # the PUMA paper's Sudoku model: 162 tokens
 }
 # The PUMA reference code's fp32 training step at the reference shape on this machine class
-# (2 cores), in seconds: quoted from FACTS.md, not measured here (the code is not shipped).
+# (2 cores), in seconds: quoted from docs/calibrations.md §1, not measured here (the code is
+# not shipped).
 REFERENCE_CODE_STEP = 1.69
 STRATEGIES = ("standard", "progressive")
 
@@ -343,7 +345,7 @@ def run_throughput(
             "forward_process_* = measured time of process.batch() + process.update(logits); "
             "precisions alternate step by step and speedup_vs_fp32 compares them within that "
             "run; reference_code_over_ours = REFERENCE_CODE_STEP (1.69 s, the reference code's "
-            "fp32 step quoted from FACTS.md, not measured here) / ours",
+            "fp32 step quoted from docs/calibrations.md §1, not measured here) / ours",
             "sampling": "measured: sample() wall-clock over whole batches of held-out puzzles",
             "reference": "forward_seconds_measured is measured; sampler_seconds_extrapolated = "
             "nfe × that forward (the reference sampler's full fp32 forwards, its Python per-row "

@@ -28,6 +28,7 @@ from puma_mdm.files import write_json
 from puma_mdm.hf import HF_RECORD, quiet_progress, require
 from puma_mdm.hf.tokenizer import TOKENIZER_FILE, check_vocabulary, load_tokenizer
 from puma_mdm.manifest import write_manifest
+from puma_mdm.modes import evaluating
 
 ADD_MASK_HINT = (
     "add one: tokenizer.add_special_tokens({'mask_token': '<|mask|>'}); "
@@ -49,10 +50,6 @@ class HFModelSpec:
     seq_len: int
     mask_token_id: int
     trust_remote_code: bool = False
-    # An HF network trains as a plain bidirectional MDM: no ARM shift, no blocks.
-    causal = False
-    shift = False
-    block_size = 0
 
     @property
     def mask_id(self) -> int:
@@ -72,6 +69,8 @@ def exclude_mask(logits: torch.Tensor, mask_token_id: int) -> torch.Tensor:
 
 class HFDenoiser(nn.Module):
     """A Hugging Face model seen through puma's ids: ``forward(ids) → logits (B, L, V)``."""
+
+    kind = "hf"  # trained and sampled as a plain bidirectional MDM (kinds.py)
 
     def __init__(self, hf_model: nn.Module, spec: HFModelSpec) -> None:
         super().__init__()
@@ -199,11 +198,9 @@ def _mask_token_id(path: Path, config, explicit: int | None, embeddings: int) ->
 def probe(model: nn.Module, name: str) -> int:
     """Number of output classes; refuse models without logits or that attend causally
     (two one-row forwards that differ only in the last token)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    outputs = [model(input_ids=torch.tensor([[0, last]], device=device)) for last in (0, 1)]
-    model.train(was_training)
+    with evaluating(model):
+        device = next(model.parameters()).device
+        outputs = [model(input_ids=torch.tensor([[0, last]], device=device)) for last in (0, 1)]
     if not all(hasattr(out, "logits") for out in outputs):
         raise HFModelError(
             f"model {name} returns no logits: use a model with a language-modelling head "

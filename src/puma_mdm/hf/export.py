@@ -26,7 +26,7 @@ import torch
 
 from puma_mdm.errors import PumaError
 from puma_mdm.hf import quiet_progress, require
-from puma_mdm.hf.adapter import HFDenoiser
+from puma_mdm.kinds import kind_of, load_model
 from puma_mdm.model import Transformer
 from puma_mdm.pretrained import TASK_FILE, resolve_model_dir
 
@@ -139,11 +139,12 @@ def export_hf(model_dir: str | Path, out: str | Path, trust_remote_code: bool = 
     format; return a summary (architecture, max |Δlogit| of the round trip)."""
     transformers = require("transformers", "puma export --to hf")
     source, out = resolve_model_dir(model_dir), Path(out)
-    model = Transformer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    if isinstance(model, HFDenoiser):
+    model = load_model(source, trust_remote_code=trust_remote_code)
+    native = kind_of(model).hf_network(model)
+    if native is not None:
         with quiet_progress():
-            model.hf.save_pretrained(out)
-        return {"out": str(out), "architecture": type(model.hf).__name__, "max_logit_gap": 0.0}
+            native.save_pretrained(out)
+        return {"out": str(out), "architecture": type(native).__name__, "max_logit_gap": 0.0}
     check_exportable(model)
     with quiet_progress():
         hf = transformers.EuroBertForMaskedLM(eurobert_config(model))

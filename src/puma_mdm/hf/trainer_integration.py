@@ -23,16 +23,18 @@ sequences were used.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from puma_mdm.errors import CheckpointError, ConfigError
+from puma_mdm.files import atomic_path
 from puma_mdm.hf import require
 from puma_mdm.hf.adapter import ADD_MASK_HINT, HFModelError, exclude_mask, probe
 from puma_mdm.losses import LOSS_NORMS, mdm_loss, normalize_loss
 from puma_mdm.masking import ExampleStream, ForwardProcess, ProgressivePool, RandomMasking
+from puma_mdm.masking.settings import PumaSettings
 
 FEATURE = "PumaTrainer (transformers.Trainer integration)"
 transformers = require("transformers", FEATURE)
@@ -43,15 +45,12 @@ STRATEGIES = ("progressive", "standard")
 
 
 @dataclass
-class PumaArguments:
-    """How the Trainer's sequences are masked. ``k_schedule``, ``mode`` and ``tau`` are those of
-    the ``training.puma`` config section; ``mask_token_id`` defaults to the model config's, then
-    the tokenizer's (``processing_class``)."""
+class PumaArguments(PumaSettings):
+    """How the Trainer's sequences are masked: the PUMA settings (``k_schedule``, ``mode``,
+    ``tau``, as in the ``training.puma`` config section) and these; ``mask_token_id`` defaults
+    to the model config's, then the tokenizer's (``processing_class``)."""
 
     strategy: str = "progressive"  # progressive (PUMA) | standard (random masking)
-    k_schedule: list[list[int]] = field(default_factory=lambda: [[8, 0]])
-    mode: str = "standard"  # standard | confidence_collapse
-    tau: float = 0.9
     loss_norm: str = "sequence"  # sequence (1/n_b, the ELBO) | token (mean over masked tokens)
     mask_token_id: int | None = None
     prompt_column: str = "prompt_mask"
@@ -61,6 +60,7 @@ class PumaArguments:
             raise ConfigError(f"PumaArguments.strategy: {self.strategy!r} is not in {STRATEGIES}")
         if self.loss_norm not in LOSS_NORMS:
             raise ConfigError(f"PumaArguments.loss_norm: {self.loss_norm!r} is not in {LOSS_NORMS}")
+        self.check("PumaArguments")
 
 
 def dataset_examples(dataset, prompt_column: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,9 +96,8 @@ class _SaveState(transformers.TrainerCallback):
         prefix = transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
         folder = Path(args.output_dir) / f"{prefix}-{state.global_step}"
         path = folder / STATE_FILE.format(rank=args.process_index)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.trainer.puma_state(), tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(self.trainer.puma_state(), tmp)
         return control
 
 

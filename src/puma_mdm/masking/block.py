@@ -1,4 +1,4 @@
-"""Block diffusion: semi-autoregressive MDMs over blocks of ``S`` tokens (DESIGN.md §3).
+"""Block diffusion: semi-autoregressive MDMs over blocks of ``S`` tokens (docs/algorithms.md §3).
 
 The sequence is cut into blocks; block ``n`` is denoised with the clean blocks ``< n`` as context
 (block-causal attention) and nothing after it. Each block is its own small MDM, so both forward
@@ -23,7 +23,7 @@ import torch
 
 from puma_mdm.masking.base import Batch, pick_top, random_scores
 from puma_mdm.masking.progressive import KSchedule, ProgressivePool
-from puma_mdm.masking.random import FORMS, mask_continuous, mask_count
+from puma_mdm.masking.random import RandomMasking, mask_continuous, mask_count
 from puma_mdm.masking.stream import ExampleStream
 
 
@@ -109,8 +109,9 @@ def mask_blocks(
     return Batch(x0, x0.masked_fill(masked, mask_id), prompt_mask, masked, w)
 
 
-class BlockMasking:
-    """The ``standard`` strategy with blocks: a fresh batch every step, each block masked."""
+class BlockMasking(RandomMasking):
+    """The ``standard`` strategy with blocks: random masking's fresh batch every step, each
+    block masked on its own (:func:`mask_blocks`)."""
 
     def __init__(
         self,
@@ -122,34 +123,20 @@ class BlockMasking:
         form: str = "count",
         device: torch.device | str = "cpu",
     ) -> None:
-        if form not in FORMS:
-            raise ValueError(f"unknown random-masking form {form!r}; choose one of {FORMS}")
+        super().__init__(stream, batch_size, mask_id, seed, form, device)
         check_blocks(stream.seq_len, block_size)
-        stream.check_mask_id(mask_id)
-        self.stream, self.batch_size, self.mask_id = stream, batch_size, mask_id
-        self.block_size, self.form, self.device = block_size, form, torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.block_size = block_size
 
     def batch(self, step: int) -> Batch:
         x0, prompt = (t.to(self.device) for t in self.stream.take(self.batch_size))
         return mask_blocks(x0, prompt, self.mask_id, self.block_size, self.generator, self.form)
-
-    def update(self, logits: torch.Tensor) -> None:
-        """Random masking ignores the model's output."""
-
-    def state_dict(self) -> dict:
-        return {"stream": self.stream.state_dict(), "rng": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stream.load_state_dict(state["stream"])
-        self.generator.set_state(state["rng"])
 
 
 class BlockPool(ProgressivePool):
     """PUMA with a phase per block, ``phase`` (B, nb). Each block runs PUMA's stages on its own
     ``S_eff`` free positions (targets, confidence reveal, confidence collapse); a block whose
     phase would wrap is done: it is revealed and stays clean (no loss) with phase ``K``. A
-    sequence retires once all its blocks are done. In ``standard`` mode a sequence's blocks
+    sequence retires once all its blocks are done. In ``fixed`` mode a sequence's blocks
     move in step; with ``confidence_collapse`` fast blocks wait, clean, for the slowest."""
 
     def __init__(
@@ -159,7 +146,7 @@ class BlockPool(ProgressivePool):
         mask_id: int,
         block_size: int,
         k_schedule: KSchedule | Sequence[Sequence[int]] = ((8, 0),),
-        mode: str = "standard",
+        mode: str = "fixed",
         tau: float = 0.9,
         seed: int = 0,
         device: torch.device | str = "cpu",

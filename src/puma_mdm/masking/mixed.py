@@ -1,4 +1,4 @@
-"""A mixed batch: part PUMA pool, part fresh random masks (DESIGN.md §3).
+"""A mixed batch: part PUMA pool, part fresh random masks (docs/algorithms.md §3).
 
 A PUMA pool of ``B`` sequences trains each sequence for about ``K`` consecutive steps, so fresh
 data enters at only ``B/K`` sequences per step and consecutive batches are strongly correlated.

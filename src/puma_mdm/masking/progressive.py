@@ -1,4 +1,4 @@
-"""PUMA — Progressive UnMAsking by batch streaming (DESIGN.md §3).
+"""PUMA — Progressive UnMAsking by batch streaming (docs/algorithms.md §3).
 
 A pool of ``B`` partially masked sequences is the training batch. Each sequence sits at a
 phase ``j ∈ {0..K−1}``; stage ``j`` has an unmasked fraction ``r ~ U[j/K, (j+1)/K)`` of its
@@ -30,7 +30,8 @@ import torch
 from puma_mdm.masking.base import Batch, generator_from, pick_top, random_scores, to_device
 from puma_mdm.masking.stream import ExampleStream
 
-MODES = ("standard", "confidence_collapse")
+MODES = ("fixed", "confidence_collapse")
+MODE_ALIASES = {"standard": "fixed"}  # the old name of ``fixed``, still accepted
 
 
 class KSchedule:
@@ -65,12 +66,13 @@ class ProgressivePool:
         batch_size: int,
         mask_id: int,
         k_schedule: KSchedule | Sequence[Sequence[int]] = ((8, 0),),
-        mode: str = "standard",
+        mode: str = "fixed",
         tau: float = 0.9,
         seed: int = 0,
         device: torch.device | str = "cpu",
         sync_free: bool | None = None,
     ) -> None:
+        mode = MODE_ALIASES.get(mode, mode)
         if mode not in MODES:
             raise ValueError(f"unknown PUMA mode {mode!r}; choose one of {MODES}")
         if not 0.0 < tau <= 1.0:

@@ -1,4 +1,4 @@
-"""Random masking: the baseline MDM forward process (DESIGN.md §3).
+"""Random masking: the baseline MDM forward process (docs/algorithms.md §3).
 
 Two forms of the same ELBO, both over the ``L_eff`` non-prompt positions of each sequence:
 

@@ -1,4 +1,4 @@
-"""The sub-token codec of MDM-Prime (DESIGN.md §6).
+"""The sub-token codec of MDM-Prime (docs/algorithms.md §6).
 
 A token id ``x < C`` is written as ``ℓ`` digits in base ``b``, most significant first:
 ``x = Σ_j d_j · b^(ℓ−1−j)``, where ``b`` is the smallest integer with ``b^ℓ ≥ C`` (found in

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from puma_mdm.modes import evaluating
 from puma_mdm.prime.loss import prime_loss
 from puma_mdm.prime.model import PrimeTransformer
 from puma_mdm.prime.process import mask_digits
@@ -26,23 +27,21 @@ def prime_nll_bound(
     """Per-token NLL in nats on random digit masks (count form, ``samples`` draws):
     ``nll`` — the digit-marginal upper bound (report this); ``nll_joint`` — the published
     training loss on the same masks, *not* a bound when ℓ > 1 (equal to ``nll`` when ℓ = 1)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    totals = {"nll": 0.0, "nll_joint": 0.0}
-    count = 0
-    for _ in range(samples):
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            batch = mask_digits(
-                chunk.x0.to(device), chunk.prompt_mask.to(device), model.codec, generator
-            )
-            logits = model(batch.x_t)
-            for key, form in (("nll", "marginal"), ("nll_joint", "joint")):
-                totals[key] += float(prime_loss(logits, batch, model.codec, form)) * len(chunk)
-            count += len(chunk)
-    model.train(was_training)
+    with evaluating(model):
+        device = next(model.parameters()).device
+        generator = torch.Generator().manual_seed(seed)
+        totals = {"nll": 0.0, "nll_joint": 0.0}
+        count = 0
+        for _ in range(samples):
+            for start in range(0, len(examples), batch_size):
+                chunk = examples[start : start + batch_size]
+                batch = mask_digits(
+                    chunk.x0.to(device), chunk.prompt_mask.to(device), model.codec, generator
+                )
+                logits = model(batch.x_t)
+                for key, form in (("nll", "marginal"), ("nll_joint", "joint")):
+                    totals[key] += float(prime_loss(logits, batch, model.codec, form)) * len(chunk)
+                count += len(chunk)
     return {key: value / count for key, value in totals.items()}
 
 
@@ -59,30 +58,28 @@ def decode_report(
     """Decode every example from its prompt with :func:`sample_tokens` (``decoding``: policy,
     k, threshold, time_steps, temperature); return accuracy, network calls per example
     (``nfe``), the fraction of idle steps and the seconds taken."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    correct, row_nfe, idle, horizon = 0, 0, 0, 0
-    start_time = time.perf_counter()
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        chunk = Examples(chunk.x0.to(device), chunk.prompt_mask.to(device))
-        result = sample_tokens(
-            model,
-            task.masked_inputs(chunk),
-            task.mask_id,
-            model.codec,
-            generator=generator,
-            autocast_dtype=autocast_dtype,
-            **decoding,
-        )
-        if task.scores_outputs:  # text corpora have no right answer
-            correct += int(task.correct(result.tokens, chunk).sum())
-        row_nfe += int(result.row_nfe.sum())
-        idle += int(result.idle.sum())
-        horizon += int(result.horizon.sum())
-    model.train(was_training)
+    with evaluating(model):
+        device = next(model.parameters()).device
+        generator = torch.Generator().manual_seed(seed)
+        correct, row_nfe, idle, horizon = 0, 0, 0, 0
+        start_time = time.perf_counter()
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            chunk = Examples(chunk.x0.to(device), chunk.prompt_mask.to(device))
+            result = sample_tokens(
+                model,
+                task.masked_inputs(chunk),
+                task.mask_id,
+                model.codec,
+                generator=generator,
+                autocast_dtype=autocast_dtype,
+                **decoding,
+            )
+            if task.scores_outputs:  # text corpora have no right answer
+                correct += int(task.correct(result.tokens, chunk).sum())
+            row_nfe += int(result.row_nfe.sum())
+            idle += int(result.idle.sum())
+            horizon += int(result.horizon.sum())
     return {
         "accuracy": correct / len(examples) if task.scores_outputs else None,
         "nfe": row_nfe / len(examples),

@@ -1,4 +1,4 @@
-"""MDM-Prime objectives and the honest likelihood bound (DESIGN.md §6).
+"""MDM-Prime objectives and the honest likelihood bound (docs/algorithms.md §6).
 
 Given a Prime batch (digit states ``y_t``, digit masks, token targets ``x0``, per-row weights
 ``w`` from :mod:`puma_mdm.prime.process`) and the carry-over-filtered logits:

@@ -41,6 +41,8 @@ class PrimeTransformer(Transformer):
         super().__init__(cfg)
         self.codec = codec_of(cfg)
 
+    digit_input = True
+
     @staticmethod
     def token_embedding(cfg: ModelConfig) -> nn.Module:
         return DigitEmbedding(codec_of(cfg), cfg.dim)

@@ -1,5 +1,5 @@
 """Grade-school word problems solved by writing a Python program: the PUMA paper's TinyGSM →
-GSM8K protocol at CPU scale (DESIGN.md §5).
+GSM8K protocol at CPU scale (docs/algorithms.md §5).
 
 A problem follows one named quantity (``Ava has 12 stickers.``) through 1–4 arithmetic steps,
 each an addition, subtraction, multiplication or exact division phrased in one of several
@@ -40,8 +40,8 @@ import torch
 
 from puma_mdm.errors import PumaError
 from puma_mdm.sandbox import Limits, Outcome, run_programs
-from puma_mdm.tasks import register_task
 from puma_mdm.tasks.base import Examples
+from puma_mdm.tasks.registry import register_task
 from puma_mdm.tasks.tokenized import TokenizedTask, TokenizerOptions
 
 KINDS = ("add", "sub", "mul", "div")

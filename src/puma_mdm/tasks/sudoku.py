@@ -1,9 +1,9 @@
-"""Sudoku as a masked-diffusion task (DESIGN.md §5).
+"""Sudoku as a masked-diffusion task (docs/algorithms.md §5).
 
 Vocabulary: ids 0..9 (0 = blank, 1..9 = digits), mask id 10. Two encodings:
 
 * ``infill`` (81 tokens): the solution grid, clue cells as prompt positions. Half the cost of
-  the reference form and, on a CPU budget, far quicker to learn (FACTS.md).
+  the reference form and, on a CPU budget, far quicker to learn (docs/calibrations.md §2).
 * ``reference`` (162 tokens, the PUMA paper's): the 81 puzzle cells (0 = blank) as prompt, then
   the 81 solution cells, all predicted.
 
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from puma_mdm.errors import ConfigError
-from puma_mdm.tasks import register_task
 from puma_mdm.tasks.base import Examples, Task
+from puma_mdm.tasks.registry import register_task
 from puma_mdm.tasks.sudoku_formats import read_puzzles
 from puma_mdm.tasks.sudoku_puzzles import TECHNIQUES, load_or_generate, solve, verify
 

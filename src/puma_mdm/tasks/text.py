@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from puma_mdm.errors import ConfigError, PumaError
-from puma_mdm.tasks import register_task
 from puma_mdm.tasks.base import Examples
+from puma_mdm.tasks.registry import register_task
 from puma_mdm.tasks.tokenized import TokenizedTask, TokenizerOptions
 
 SUFFIXES = (".txt", ".jsonl")

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from puma_mdm.prepared import MANIFEST, LineError, PreparedData, prepare
-from puma_mdm.tasks import build_task, register_task
 from puma_mdm.tasks.base import Examples
 from puma_mdm.tasks.math_programs import MathTask, MathTaskError
+from puma_mdm.tasks.registry import build_task, register_task
 from puma_mdm.tasks.tokenized import TokenizerOptions
 
 ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)\s*$")

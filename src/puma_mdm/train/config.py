@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from puma_mdm.arguments import device_problem
 from puma_mdm.errors import ConfigError
 from puma_mdm.losses import LOSS_NORMS
+from puma_mdm.masking.settings import PumaSettings
 from puma_mdm.sampling import POLICIES
 
 STRATEGIES = ("standard", "progressive", "arm")
@@ -54,10 +55,7 @@ class TaskSection:
 
 
 @dataclass
-class PumaSection:
-    k_schedule: list[list[int]] = field(default_factory=lambda: [[8, 0]])  # [[K, from_step], ...]
-    mode: str = "standard"  # standard | confidence_collapse
-    tau: float = 0.9  # confidence_collapse threshold
+class PumaSection(PumaSettings):
     # mixed batch: this share of each batch is fresh random masks, the rest the pool
     # (masking/mixed.py); 0 = the pure PUMA pool
     fresh_fraction: float = 0.0
@@ -76,7 +74,7 @@ class TrainingSection:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max gradient norm (0 = off)
-    loss_form: str = "count"  # random-masking ELBO form: count (1/n) | continuous (1/t)
+    elbo_form: str = "count"  # random masking's ELBO estimator: count (1/n) | continuous (1/t)
     loss_norm: str = "sequence"  # sequence (1/n_b, the ELBO) | token (mean over masked tokens)
     ema: float = 0.0  # EMA decay of the weights (0 = off); evaluation uses the EMA weights
     seed: int = 0
@@ -134,8 +132,30 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
+# old spellings of renamed keys, still accepted in YAML files (saved runs) and overrides
+KEY_ALIASES = {"training.loss_form": "training.elbo_form"}
+
+
+def _renamed(tree: DictConfig) -> DictConfig:
+    """``tree`` with every old key of :data:`KEY_ALIASES` moved to its new name."""
+    data = OmegaConf.to_container(tree)
+    for old, new in KEY_ALIASES.items():
+        *parents, leaf = old.split(".")
+        section = data
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        if isinstance(section, dict) and leaf in section:
+            section[new.rsplit(".", 1)[1]] = section.pop(leaf)
+    return OmegaConf.create(data)
+
+
+def _renamed_override(override: str) -> str:
+    key, _, value = override.partition("=")
+    return f"{KEY_ALIASES.get(key, key)}={value}"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults ← YAML file ← ``key=value`` overrides, validated."""
+    """Defaults ← YAML file ← ``key=value`` overrides (old key spellings accepted), validated."""
     try:
         merged = OmegaConf.structured(Config)
         if path is not None:
@@ -149,11 +169,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"{path} is not a valid YAML config ({detail})") from None
             if not isinstance(loaded, DictConfig):
                 raise ConfigError(f"{path}: a config is a mapping of sections, not a list")
-            merged = OmegaConf.merge(merged, loaded)
+            merged = OmegaConf.merge(merged, _renamed(loaded))
         bad = [o for o in overrides or [] if "=" not in o]
         if bad:
             raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides or [])))
+        dotlist = [_renamed_override(o) for o in overrides or []]
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(dotlist))
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         raise ConfigError(f"invalid config: {_describe(err)}") from None
@@ -228,7 +249,7 @@ def validate(cfg: Config) -> None:
     )
     need(0 <= t.min_lr_ratio <= 1, f"training.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
     need(0 <= t.ema < 1, f"training.ema must be in [0, 1), got {t.ema}")
-    need(t.loss_form in ("count", "continuous"), f"training.loss_form: {t.loss_form!r} unknown")
+    need(t.elbo_form in ("count", "continuous"), f"training.elbo_form: {t.elbo_form!r} unknown")
     need(
         t.loss_norm in LOSS_NORMS,
         f"training.loss_norm: {t.loss_norm!r} unknown; choose one of {LOSS_NORMS}",
@@ -240,14 +261,7 @@ def validate(cfg: Config) -> None:
         "(model.hf_path) trains with ddp",
     )
     need(t.autocast in AUTOCAST, f"training.autocast: {t.autocast!r} is not one of {AUTOCAST}")
-    need(
-        t.puma.mode in ("standard", "confidence_collapse"),
-        f"training.puma.mode: {t.puma.mode!r} is not standard or confidence_collapse",
-    )
-    need(
-        all(len(entry) == 2 for entry in t.puma.k_schedule) and len(t.puma.k_schedule) > 0,
-        "training.puma.k_schedule must be a non-empty list of [K, step] pairs",
-    )
+    t.puma.check("training.puma")
     need(
         cfg.logging.wandb_mode in ("offline", "online"),
         f"logging.wandb_mode: {cfg.logging.wandb_mode!r} is not offline or online",
@@ -293,17 +307,6 @@ def validate(cfg: Config) -> None:
     need(e.examples >= 1, f"eval.examples must be ≥ 1, got {e.examples}")
     need(e.every >= 0, f"eval.every must be ≥ 0 (0 = only at the end), got {e.every}")
     need(e.batch_size >= 1, f"eval.batch_size must be ≥ 1, got {e.batch_size}")
-    for pair in t.puma.k_schedule:
-        need(
-            pair[0] >= 1 and pair[1] >= 0,
-            f"training.puma.k_schedule: {list(pair)} needs K ≥ 1 and a start step ≥ 0",
-        )
-    starts = [pair[1] for pair in t.puma.k_schedule]
-    need(
-        starts == sorted(starts) and starts[0] == 0,
-        f"training.puma.k_schedule: start steps {starts} must begin at 0 and increase",
-    )
-    need(0 < t.puma.tau <= 1, f"training.puma.tau must be in (0, 1], got {t.puma.tau}")
     need(t.warmup_steps >= 0, f"training.warmup_steps must be ≥ 0, got {t.warmup_steps}")
     need(t.weight_decay >= 0, f"training.weight_decay must be ≥ 0, got {t.weight_decay}")
     need(t.grad_clip >= 0, f"training.grad_clip must be ≥ 0 (0 = off), got {t.grad_clip}")

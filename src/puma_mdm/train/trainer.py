@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import json
 import math
 import signal
@@ -27,30 +26,17 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from puma_mdm.arm import NextToken, check_first_is_prompt, init_from_arm
 from puma_mdm.errors import CheckpointError, ConfigError, PumaError
-from puma_mdm.evaluate import evaluate, nll_bound
+from puma_mdm.evaluate import evaluate
 from puma_mdm.files import write_text
-from puma_mdm.losses import mdm_loss, normalize_loss
+from puma_mdm.kinds import build_model, kind_of, load_model
+from puma_mdm.losses import normalize_loss
 from puma_mdm.masking import (
     Batch,
-    BlockMasking,
-    BlockPool,
-    ExampleStream,
-    ForwardProcess,
-    ProgressivePool,
-    RandomMasking,
-    block_logits,
 )
-from puma_mdm.masking.mixed import MixedBatch, split_rows
-from puma_mdm.model import ModelConfig, Transformer
-from puma_mdm.prepared import PreparedData, ShardStream
+from puma_mdm.model import Transformer
 from puma_mdm.pretrained import TASK_FILE
-from puma_mdm.prime.evaluate import prime_nll_bound
-from puma_mdm.prime.loss import prime_loss
-from puma_mdm.prime.model import PrimeTransformer
-from puma_mdm.prime.process import DigitProcess, digit_stream
-from puma_mdm.tasks import Examples, Task, build_task
+from puma_mdm.tasks import build_task
 from puma_mdm.train.checkpoint import (
     SHARDS,
     begin_checkpoint,
@@ -88,41 +74,6 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def build_model(cfg: Config, task: Task) -> Transformer:
-    m, arm = cfg.model, cfg.training.strategy == "arm"
-    if m.hf_path:
-        from puma_mdm.hf.adapter import build_hf_denoiser
-
-        return build_hf_denoiser(m, task)
-    if cfg.training.block_size and task.seq_len % cfg.training.block_size:
-        raise ConfigError(
-            f"training.block_size={cfg.training.block_size} must divide the task's sequence "
-            f"length {task.seq_len}"
-        )
-    model = (PrimeTransformer if m.prime.digits else Transformer)(
-        ModelConfig(
-            vocab_size=task.vocab_size,
-            seq_len=task.seq_len,
-            dim=m.dim,
-            n_layers=m.n_layers,
-            n_heads=m.n_heads,
-            n_kv_heads=m.n_kv_heads,
-            mlp_hidden=m.mlp_hidden,
-            rope=m.rope,
-            position_tables=task.position_tables() if m.task_positions else {},
-            tie_head=m.tie_head,
-            dropout=m.dropout,
-            prime_digits=m.prime.digits,
-            block_size=cfg.training.block_size,
-            causal=arm,
-            shift=arm or m.init_from is not None,
-        )
-    )
-    if m.init_from is not None:
-        init_from_arm(model, m.init_from)
-    return model
 
 
 def task_record(cfg: Config) -> str:
@@ -180,20 +131,14 @@ class Trainer:
         torch.manual_seed(t.seed)  # the same initial weights (and EMA) on every rank
         self.model = build_model(cfg, self.task).to(self.device)
         self.model_class = type(self.model)  # FSDP2 changes the instance's class
-        if hasattr(self.model, "check_examples"):  # an HF model's own mask token is a real id
-            self.model.check_examples(self._in_memory(train).x0)
+        self.kind = kind_of(self.model)  # how this network trains and is scored (kinds.py)
         seed = t.seed + rank  # each rank: its own data order, masks and dropout
         torch.manual_seed(seed)
-        # MDM-Prime: the forward processes run over digit sequences (prime/process.py)
-        self.codec = getattr(self.model, "codec", None)
-        if self.codec is None:
-            self.stream = self._stream(train, seed)
-            self.loss = mdm_loss
-        else:
-            shard = self._in_memory(train)[rank::world]
-            self.stream = digit_stream(shard.x0, shard.prompt_mask, self.codec, seed=seed)
-            self.loss = functools.partial(prime_loss, codec=self.codec, form=cfg.model.prime.loss)
-        self.process = self._forward_process(seed + 1)
+        self.stream = self.kind.stream(self.model, train, self.task, rank, world, seed)
+        self.loss = self.kind.training_loss(cfg)
+        self.process = self.kind.forward_process(
+            self.stream, t, self.task.mask_id, seed + 1, self.device
+        )
         self.dist.shard(self.model, self.amp)
 
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -221,75 +166,6 @@ class Trainer:
         if t.compile:  # fuses the elementwise work; evaluation keeps the eager model
             self.net = torch.compile(self.net)
 
-    # -- construction ---------------------------------------------------------------------------
-    def _in_memory(self, train: Examples | PreparedData) -> Examples:
-        if isinstance(train, PreparedData):
-            raise ConfigError(
-                f"task {self.task.name!r} streams prepared shards from disk; Hugging Face "
-                "networks and MDM-Prime need the training set in memory"
-            )
-        return train
-
-    def _stream(self, train: Examples | PreparedData, seed: int) -> ExampleStream | ShardStream:
-        """This rank's stream: rows ``rank::world`` in memory, or its blocks of the shards."""
-        rank, world = self.dist.rank, self.dist.world_size
-        if isinstance(train, PreparedData):
-            if self.model.cfg.shift and train.min_prompt < 1:
-                raise ConfigError(
-                    f"{train.directory} holds rows without a prompt, which a shifted model "
-                    "cannot predict from"
-                )
-            return ShardStream(train, rank, world, seed=seed)
-        shard = train[rank::world]
-        if self.model.cfg.shift:
-            check_first_is_prompt(shard.prompt_mask)
-        return ExampleStream(shard.x0, shard.prompt_mask, seed=seed)
-
-    def _forward_process(self, seed: int) -> ForwardProcess:
-        t = self.cfg.training
-        mask_id = self.task.mask_id if self.codec is None else self.codec.mask_digit
-        if t.strategy == "arm":
-            return NextToken(self.stream, t.batch_size, self.device)
-        if t.block_size and t.strategy == "standard":
-            return BlockMasking(
-                self.stream, t.batch_size, mask_id, t.block_size, seed, t.loss_form, self.device
-            )
-        if t.block_size:
-            p = t.puma
-            return BlockPool(
-                self.stream,
-                t.batch_size,
-                mask_id,
-                t.block_size,
-                p.k_schedule,
-                p.mode,
-                p.tau,
-                seed,
-                self.device,
-            )
-        if t.strategy == "standard":
-            process = RandomMasking(
-                self.stream, t.batch_size, mask_id, seed, t.loss_form, self.device
-            )
-        else:
-            pool_rows, fresh_rows = split_rows(t.batch_size, t.puma.fresh_fraction)
-            process = ProgressivePool(
-                self.stream,
-                pool_rows,
-                mask_id,
-                k_schedule=t.puma.k_schedule,
-                mode=t.puma.mode,
-                tau=t.puma.tau,
-                seed=seed,
-                device=self.device,
-            )
-            if fresh_rows:
-                fresh = RandomMasking(
-                    self.stream, fresh_rows, mask_id, seed + 1, t.loss_form, self.device
-                )
-                process = MixedBatch(process, fresh)
-        return process if self.codec is None else DigitProcess(process, self.codec)
-
     def _resume(self) -> None:
         state, path = load_checkpoint(self.out_dir)
         fixed = changed_on_resume(load_config(path / "config.yaml"), self.cfg)
@@ -301,7 +177,7 @@ class Trainer:
             )
         # under FSDP the weights themselves come from the shards
         where = "cpu" if self.dist.sharded else self.device
-        saved = Transformer.from_pretrained(path, where, self.cfg.model.trust_remote_code)
+        saved = load_model(path, where, self.cfg.model.trust_remote_code)
         ranks = state["ranks"]
         if len(ranks) != self.dist.world_size:
             raise CheckpointError(
@@ -346,9 +222,7 @@ class Trainer:
                     kept.append(line)
             except json.JSONDecodeError:
                 continue
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)
+        write_text(path, "".join(kept))
 
     # -- one step ------------------------------------------------------------------------------
     def _forward_backward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,19 +236,12 @@ class Trainer:
             # gradients are reduced over the ranks once, in the last micro-batch's backward
             with self.dist.accumulating(self.net, skip_sync=i < parts - 1):
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    logits = self._logits(micro)
+                    logits = self.kind.logits(self.net, micro)
                 loss = self.loss(logits, micro)
                 (loss / parts).backward()
             losses.append(loss.detach())
             logits_all.append(logits.detach())
         return torch.stack(losses).mean(), torch.cat(logits_all)
-
-    def _logits(self, batch: Batch) -> torch.Tensor:
-        """The network's logits on a batch: block models see ``[x_t | x0]`` (masking/block.py)."""
-        block = self.cfg.training.block_size
-        if block:
-            return block_logits(self.net, batch.x_t, batch.x0, block)
-        return self.net(batch.x_t)
 
     def _agree(self, loss: float) -> float:
         """The loss averaged over ranks; also agree on stopping and count the sequences seen
@@ -494,10 +361,7 @@ class Trainer:
                     f"accuracy{suffix}": local["accuracy"] * n,
                     f"nfe{suffix}": local["nfe"] * n,
                 }
-        if self.codec is None:
-            nlls = {"nll": nll_bound(model, share, self.task.mask_id, batch_size=e.batch_size)}
-        else:  # the digit-marginal bound, and the joint form (not a bound) beside it
-            nlls = prime_nll_bound(model, share, batch_size=e.batch_size)
+        nlls = self.kind.eval_nll(model, share, self.task.mask_id, e.batch_size)
         sums |= {key: value * n for key, value in nlls.items()}
         total, *values = self.dist.all_sum([n, *sums.values()])
         metrics = {key: value / total for key, value in zip(sums, values, strict=True)}
