@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from puma_mdm.cli import bundled_config, main
+from puma_mdm.bundled import bundled_config
+from puma_mdm.cli import main
 from puma_mdm.manifest import write_manifest
 from puma_mdm.model import Transformer
 from puma_mdm.tasks import build_task

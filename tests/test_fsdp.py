@@ -14,7 +14,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
-from puma_mdm.cli import bundled_config, main
+from puma_mdm.bundled import bundled_config
+from puma_mdm.cli import main
 from puma_mdm.train.checkpoint import SHARDS, checkpoint_path, load_checkpoint
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 
 from puma_mdm import arguments as A
 from puma_mdm.analyze import add_analyze_parser
 from puma_mdm.bench.cli import add_bench_parser
+from puma_mdm.bundled import bundled_config, bundled_config_names, config_path, default_model
 from puma_mdm.cli_decoding import (
     add_cache_arguments,
     add_decoding_arguments,
@@ -21,23 +21,6 @@ from puma_mdm.cli_decoding import (
 from puma_mdm.errors import PumaError
 from puma_mdm.generate import add_sample_parser
 from puma_mdm.hf.cli import add_export_parser
-
-
-def bundled_config(name: str) -> Path:
-    """Path of a config shipped inside the package (``sort``, ``sudoku`` ...)."""
-    path = Path(str(resources.files("puma_mdm") / "configs" / f"{name}.yaml"))
-    if not path.is_file():
-        raise PumaError(f"no bundled config named {name!r}; see `puma configs`")
-    return path
-
-
-def config_path(value: str) -> Path:
-    """A file path, or the name of a bundled config."""
-    path = Path(value)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    return bundled_config(value)
-
 
 FRESH_ONLY = ("config", "out_dir", "data", "tokenizer", "overwrite")  # not with --resume
 
@@ -132,11 +115,6 @@ def add_trust_argument(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow running Python code shipped in a Hugging Face model directory (auto_map)",
     )
-
-
-def default_model() -> Path:
-    """The Sudoku model shipped inside the package."""
-    return Path(str(resources.files("puma_mdm") / "assets" / "sudoku"))
 
 
 DEFAULT_ENTROPY_BOUNDS = "0.01,0.1"
@@ -263,9 +241,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
-    for path in sorted((resources.files("puma_mdm") / "configs").iterdir()):
-        if path.name.endswith(".yaml"):
-            print(path.name.removesuffix(".yaml"))
+    for name in bundled_config_names():
+        print(name)
     return 0
 
 

@@ -7,13 +7,12 @@ import argparse
 from pathlib import Path
 
 from puma_mdm import arguments as A
+from puma_mdm.bundled import config_path, default_model
 from puma_mdm.errors import PumaError
 
 
 def resolve_config(config: str | None, task: str | None) -> Path:
     """``--config`` (a file or bundled name), else the bundled config named after the task."""
-    from puma_mdm.cli import config_path
-
     return config_path(config or task or "sudoku")
 
 
@@ -88,8 +87,6 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def shipped_model() -> Path | None:
     """The Sudoku model shipped inside the package, when there is one."""
-    from puma_mdm.cli import default_model
-
     path = default_model()
     return path if (path / "config.json").is_file() else None
 
