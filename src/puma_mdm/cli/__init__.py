@@ -8,19 +8,19 @@ import sys
 from pathlib import Path
 
 from puma_mdm import arguments as A
-from puma_mdm.analyze import add_analyze_parser
-from puma_mdm.bench.cli import add_bench_parser
 from puma_mdm.bundled import bundled_config, bundled_config_names, config_path, default_model
-from puma_mdm.cli_decoding import (
+from puma_mdm.cli.analyze import add_analyze_parser
+from puma_mdm.cli.args import (
     add_cache_arguments,
     add_decoding_arguments,
     check_cache_option,
     check_table_options,
     decoding_options,
 )
+from puma_mdm.cli.bench import add_bench_parser
+from puma_mdm.cli.export import add_export_parser
+from puma_mdm.cli.sample import add_sample_parser
 from puma_mdm.errors import PumaError
-from puma_mdm.generate import add_sample_parser
-from puma_mdm.hf.cli import add_export_parser
 
 FRESH_ONLY = ("config", "out_dir", "data", "tokenizer", "overwrite")  # not with --resume
 
@@ -441,7 +441,3 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:
         print(str(err), file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """``puma bench speedup | throughput | prime | blocks | sampling``: argument parsing; the work
-is in speedup.py, throughput.py, prime.py, blocks.py and sampling.py."""
+is in bench/: speedup.py, throughput.py, prime.py, blocks.py and sampling.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``puma export --model DIR --to hf OUT``: argument parsing; the work is in export.py."""
+"""``puma export --model DIR --to hf OUT``: argument parsing; the work is in hf/export.py."""
 
 from __future__ import annotations
 

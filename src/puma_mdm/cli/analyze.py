@@ -67,7 +67,7 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     """Add ``analyze`` (with ``mismatch``) to the ``puma`` command's sub-parsers."""
     from puma_mdm import arguments as A
     from puma_mdm.cli import add_model_arguments
-    from puma_mdm.cli_decoding import add_policy_arguments
+    from puma_mdm.cli.args import add_policy_arguments
 
     analyze = subparsers.add_parser("analyze", help="measurements on a trained model")
     sub = analyze.add_subparsers(
