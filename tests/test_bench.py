@@ -16,7 +16,7 @@ from puma_mdm.bench.speedup import (
 )
 from puma_mdm.bench.throughput import run_throughput
 from puma_mdm.bundled import bundled_config
-from puma_mdm.cli.bench import add_bench_parser
+from puma_mdm.cli.bench import add_commands as add_bench_parser
 from puma_mdm.errors import PumaError
 from puma_mdm.model import Transformer
 from puma_mdm.train.config import load_config

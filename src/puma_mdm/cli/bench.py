@@ -8,6 +8,7 @@ from pathlib import Path
 
 from puma_mdm import arguments as A
 from puma_mdm.bundled import config_path, default_model
+from puma_mdm.cli.args import add_overrides_argument
 from puma_mdm.errors import PumaError
 
 
@@ -176,28 +177,28 @@ def cmd_sampling(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``, ``sampling``) to the
+    ``puma`` command's sub-parsers; each sub-command sets ``func``."""
     from puma_mdm.bench.common import AUTOCASTS
     from puma_mdm.bench.throughput import SIZES, STRATEGIES
     from puma_mdm.sampling import CACHES, POLICIES
 
-    """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``) to the ``puma``
-    command's sub-parsers; each sub-command sets ``func``."""
-    bench = subparsers.add_parser(
+    bench = sub.add_parser(
         "bench",
         help="benchmarks: PUMA's training speed-up, training and sampling throughput, MDM-Prime, "
         "block-diffusion training, decoders and caches",
         description="Benchmarks. Results go to JSON (and a PNG for speedup and blocks) in "
         "--out-dir.",
     )
-    sub = bench.add_subparsers(
+    benchmarks = bench.add_subparsers(
         dest="benchmark",
         required=True,
         metavar="BENCHMARK",
         help="speedup, throughput, prime, blocks or sampling",
     )
 
-    p = sub.add_parser(
+    p = benchmarks.add_parser(
         "speedup",
         help="steps and seconds to reach accuracy targets, standard vs progressive",
         description=(
@@ -270,16 +271,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         default="runs/bench-speedup",
         help="where results are written",
     )
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        type=A.key_value,
-        metavar="KEY=VALUE",
-        help="config overrides (dot-list)",
-    )
+    add_overrides_argument(p, "config overrides (dot-list)")
     p.set_defaults(func=cmd_speedup)
 
-    p = sub.add_parser(
+    p = benchmarks.add_parser(
         "throughput",
         help="training tokens/s per strategy and sampling puzzles/s per policy",
         description=(
@@ -351,16 +346,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         default="runs/bench-throughput",
         help="where throughput.json is written",
     )
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        type=A.key_value,
-        metavar="KEY=VALUE",
-        help="config overrides (dot-list)",
-    )
+    add_overrides_argument(p, "config overrides (dot-list)")
     p.set_defaults(func=cmd_throughput)
 
-    p = sub.add_parser(
+    p = benchmarks.add_parser(
         "prime",
         help="MDM-Prime with ℓ digits per token: NLL bound, NFE and idle steps per ℓ",
         description=(
@@ -404,16 +393,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         default="runs/bench-prime",
         help="where prime.json is written",
     )
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        type=A.key_value,
-        metavar="KEY=VALUE",
-        help="config overrides (dot-list)",
-    )
+    add_overrides_argument(p, "config overrides (dot-list)")
     p.set_defaults(func=cmd_prime)
 
-    p = sub.add_parser(
+    p = benchmarks.add_parser(
         "blocks",
         help="block-diffusion training step: one forward over [x_t | x0] vs one per block",
         description=(
@@ -450,7 +433,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.set_defaults(func=cmd_blocks)
 
-    p = sub.add_parser(
+    p = benchmarks.add_parser(
         "sampling",
         help="accuracy, network calls and wall-clock of every decoder, cached and uncached",
         description=(
@@ -523,4 +506,3 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="where results are written",
     )
     p.set_defaults(func=cmd_sampling)
-    return bench

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from puma_mdm.cli.args import add_decoding_arguments, check_cache_option, decoding_options
+from puma_mdm import arguments as A
+from puma_mdm.cli.args import (
+    add_decoding_arguments,
+    add_trust_argument,
+    check_cache_option,
+    decoding_options,
+)
 from puma_mdm.generate import SampleError, generate
 from puma_mdm.tasks.tokenized import TokenizedTask
 
@@ -42,12 +48,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``sample`` to the ``puma`` command's sub-parsers."""
-    from puma_mdm import arguments as A
-    from puma_mdm.cli import add_trust_argument
-
-    p = subparsers.add_parser(
+    p = sub.add_parser(
         "sample",
         help="generate text with a trained math-program or text model",
         description=(
@@ -84,4 +87,3 @@ def add_sample_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     add_trust_argument(p)
     p.set_defaults(func=cmd_sample)
-    return p
