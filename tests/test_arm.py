@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from puma_mdm.arm import NextToken, init_from_arm, next_token_batch
 from puma_mdm.bench.speedup import run_speedup
-from puma_mdm.cli import bundled_config
+from puma_mdm.bundled import bundled_config
 from puma_mdm.errors import ConfigError
 from puma_mdm.evaluate import nll_bound
 from puma_mdm.losses import mdm_loss

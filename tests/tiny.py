@@ -1,5 +1,11 @@
 """The tiny training run several test modules start from: the sort toy, fp32, no evaluation,
-no checkpoints, quiet logs. Tests append their own overrides (later ones win)."""
+no checkpoints, quiet logs. Tests append their own overrides (later ones win). And
+:func:`torchrun`, which runs a test file as two CPU processes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 TINY_RUN = [
     "model.dim=32",
@@ -31,3 +37,17 @@ def logged(run) -> list[dict]:
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
+
+
+def torchrun(script: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """``script args`` under ``torchrun --standalone --nproc_per_node=2``, with this directory
+    importable (as pytest makes it), output captured."""
+    here = str(Path(__file__).parent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return subprocess.run(
+        [*command, script, *args], capture_output=True, text=True, timeout=timeout, env=env
+    )

@@ -29,12 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,7 +38,6 @@ from puma_mdm.errors import PumaError
 from puma_mdm.kinds import sample
 from puma_mdm.masking.base import pick_top, random_scores
 from puma_mdm.modes import evaluating
-from puma_mdm.plots import save_figure
 from puma_mdm.sampling import check_sampling_args
 from puma_mdm.tasks.base import Examples
 
@@ -237,48 +231,3 @@ def format_mismatch(summary: dict) -> str:
         cells = " ".join(_fmt(r[name]) for name in ("decoder_masks", "random_masks", "gap"))
         lines.append(f"{label:<11} {r['states']:>6} {cells} {_fmt(r['decoder_states'])}")
     return "\n".join(lines)
-
-
-def plot_mismatch(summary: dict, path: str | Path, title: str = "") -> Path:
-    """Loss per stage bin on decoder masks, random masks and decoder states (±1 standard error),
-    and below it the gap decoder masks − random masks."""
-    rows = summary["bins"]
-    x = np.array([(r["stage"][0] + r["stage"][1]) / 2 for r in rows])
-
-    def series(name: str) -> tuple[np.ndarray, np.ndarray]:
-        mean = np.array([np.nan if r[name]["mean"] is None else r[name]["mean"] for r in rows])
-        se = np.array([r[name]["se"] or 0.0 for r in rows])
-        return mean, se
-
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
-    )
-    styles = {  # decoder states first, so the decoder masks are drawn over them where equal
-        "decoder_states": ("decoder states (own tokens)", "tab:grey", ":", 3.5),
-        "decoder_masks": ("decoder masks (inference)", "tab:orange", "-", 1.5),
-        "random_masks": ("random masks (same count)", "tab:blue", "-", 1.5),
-    }
-    for name, (label, color, line, width) in styles.items():
-        mean, se = series(name)
-        top.errorbar(
-            x,
-            mean,
-            yerr=se,
-            color=color,
-            ls=line,
-            lw=width,
-            marker="o",
-            ms=4,
-            capsize=3,
-            label=label,
-        )
-    top.set(ylabel="mean CE on masked positions (nats)", title=title or "mismatch meter")
-    top.legend()
-    top.grid(alpha=0.3)
-    mean, se = series("gap")
-    bottom.errorbar(x, mean, yerr=se, color="black", marker="o", ms=4, capsize=3)
-    bottom.axhline(0, color="grey", lw=0.8)
-    bottom.set(xlabel="stage: fraction of non-prompt positions unmasked", ylabel="gap (nats)")
-    bottom.set_xlim(0, 1)
-    bottom.grid(alpha=0.3)
-    return save_figure(fig, path)

@@ -1,4 +1,5 @@
-"""Pictures: the order in which a model decoded a Sudoku, and training curves."""
+"""Pictures: the order in which a model decoded a Sudoku, the mismatch meter, and the figure
+helpers every benchmark plot goes through."""
 
 from __future__ import annotations
 
@@ -63,3 +64,48 @@ def sudoku_order_png(
     ax.set_title(title or "decoding order (grey: clues)")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="decoding step")
     return save_figure(fig, path, dpi=110)
+
+
+def mismatch_png(summary: dict, path: str | Path, title: str = "") -> Path:
+    """The mismatch meter's summary (mismatch.py): loss per stage bin on decoder masks, random
+    masks and decoder states (±1 standard error), and below it the gap decoder − random masks."""
+    rows = summary["bins"]
+    x = np.array([(r["stage"][0] + r["stage"][1]) / 2 for r in rows])
+
+    def series(name: str) -> tuple[np.ndarray, np.ndarray]:
+        mean = np.array([np.nan if r[name]["mean"] is None else r[name]["mean"] for r in rows])
+        se = np.array([r[name]["se"] or 0.0 for r in rows])
+        return mean, se
+
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
+    styles = {  # decoder states first, so the decoder masks are drawn over them where equal
+        "decoder_states": ("decoder states (own tokens)", "tab:grey", ":", 3.5),
+        "decoder_masks": ("decoder masks (inference)", "tab:orange", "-", 1.5),
+        "random_masks": ("random masks (same count)", "tab:blue", "-", 1.5),
+    }
+    for name, (label, color, line, width) in styles.items():
+        mean, se = series(name)
+        top.errorbar(
+            x,
+            mean,
+            yerr=se,
+            color=color,
+            ls=line,
+            lw=width,
+            marker="o",
+            ms=4,
+            capsize=3,
+            label=label,
+        )
+    top.set(ylabel="mean CE on masked positions (nats)", title=title or "mismatch meter")
+    top.legend()
+    top.grid(alpha=0.3)
+    mean, se = series("gap")
+    bottom.errorbar(x, mean, yerr=se, color="black", marker="o", ms=4, capsize=3)
+    bottom.axhline(0, color="grey", lw=0.8)
+    bottom.set(xlabel="stage: fraction of non-prompt positions unmasked", ylabel="gap (nats)")
+    bottom.set_xlim(0, 1)
+    bottom.grid(alpha=0.3)
+    return save_figure(fig, path)

@@ -1,7 +1,7 @@
 """``puma bench blocks``: the block-diffusion training step, one vectorised forward over
 ``[x_t | x0]`` against one forward per block (masking/block.py).
 
-Both give the same loss and gradients (tests/test_block.py); this measures which is faster.
+Both give the same loss and gradients (tests/masking/test_block.py); this measures which is faster.
 For each block size the two forms alternate step by step on the same model and masks, so a
 noisy machine slows both alike, and the ratio ``loop ÷ vectorised`` is taken within one run.
 Writes ``blocks.json`` and ``blocks.png`` into the output directory.

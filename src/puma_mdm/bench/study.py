@@ -50,6 +50,7 @@ from puma_mdm.bench.speedup import (
     first_reach,
     ratio,
 )
+from puma_mdm.bundled import config_path
 from puma_mdm.errors import ConfigError, PumaError
 from puma_mdm.files import write_json
 from puma_mdm.plots import save_figure
@@ -152,12 +153,6 @@ def load_study(source: str | Path) -> Study:
     )
 
 
-def config_file(config: str) -> Path:
-    from puma_mdm.cli import config_path
-
-    return config_path(config)
-
-
 def resolve_arm(regime: Regime, common: Sequence[str], arm: str, seed: int):
     """The validated config of one arm of ``regime`` at ``seed``."""
     overrides = [
@@ -168,7 +163,7 @@ def resolve_arm(regime: Regime, common: Sequence[str], arm: str, seed: int):
         "logging.progress=false",
     ]
     try:
-        return load_config(config_file(regime.config), overrides)
+        return load_config(config_path(regime.config), overrides)
     except PumaError as err:
         raise ConfigError(f"regime {regime.name!r}, {arm} arm: {err}") from None
 

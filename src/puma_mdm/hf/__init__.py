@@ -2,8 +2,8 @@
 
 adapter.py any ``transformers`` language model as the denoiser of ``puma train`` ·
 trainer_integration.py PUMA inside ``transformers.Trainer`` · tokenizer.py a saved HF tokenizer
-for the text tasks · export.py our Transformer as a plain ``transformers`` model · cli.py
-``puma export``.
+for the text tasks · export.py our Transformer as a plain ``transformers`` model (``puma
+export``, whose command line is cli/export.py).
 
 Importing this package never imports ``transformers``; the modules that need it call
 :func:`require` first, so a missing extra is one clear error instead of a traceback."""

@@ -537,11 +537,3 @@ def techniques_needed_batch(puzzles: np.ndarray) -> np.ndarray:
     out[rest[~bad & (_popcount(c) == 1).all(axis=0)]] = "intermediate"
     out[singles] = "singles"
     return out
-
-
-def techniques_needed(puzzle: np.ndarray) -> str:
-    """The easiest technique set that solves the puzzle: "singles", "intermediate" or
-    "guessing". Raises SudokuError if the clues contradict."""
-    grid = as_grid(puzzle)
-    check_clues(grid)
-    return str(techniques_needed_batch(grid[None])[0])

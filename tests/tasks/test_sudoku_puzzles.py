@@ -222,11 +222,14 @@ def test_clues_consistent_agrees_with_check_clues(grid):
 
 
 def test_techniques_needed():
-    assert sp.techniques_needed(EASY) == "singles"
-    assert sp.techniques_needed(HARD) == "guessing"
+    def needed(puzzle):
+        return str(sp.techniques_needed_batch(sp.as_grid(puzzle)[None])[0])
+
+    assert needed(EASY) == "singles"
+    assert needed(HARD) == "guessing"
     puzzles, _ = sp.generate(30, seed=11, techniques="intermediate", workers=1)
-    needed = sp.techniques_needed_batch(puzzles)
-    assert sp.techniques_needed(puzzles[np.argmax(needed == "intermediate")]) == "intermediate"
+    batch = sp.techniques_needed_batch(puzzles)
+    assert needed(puzzles[np.argmax(batch == "intermediate")]) == "intermediate"
 
 
 # -- verify and explain ------------------------------------------------------------------------

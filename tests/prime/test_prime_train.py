@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from puma_mdm.cli import bundled_config, main
+from puma_mdm.bundled import bundled_config
+from puma_mdm.cli import main
 from puma_mdm.errors import ConfigError
 from puma_mdm.kinds import build_model, load_model
 from puma_mdm.prime.evaluate import prime_nll_bound

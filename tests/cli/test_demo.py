@@ -1,6 +1,7 @@
 import json
 
-from puma_mdm.cli import default_model, main
+from puma_mdm.bundled import default_model
+from puma_mdm.cli import main
 
 
 def test_demo_runs_end_to_end_with_the_shipped_model(tmp_path, capsys, monkeypatch):

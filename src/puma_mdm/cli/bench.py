@@ -1,5 +1,5 @@
 """``puma bench speedup | throughput | prime | blocks | sampling``: argument parsing; the work
-is in speedup.py, throughput.py, prime.py, blocks.py and sampling.py."""
+is in bench/: speedup.py, throughput.py, prime.py, blocks.py and sampling.py."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import argparse
 from pathlib import Path
 
 from puma_mdm import arguments as A
+from puma_mdm.bundled import config_path, default_model
+from puma_mdm.cli.args import add_overrides_argument
 from puma_mdm.errors import PumaError
 
 
 def resolve_config(config: str | None, task: str | None) -> Path:
     """``--config`` (a file or bundled name), else the bundled config named after the task."""
-    from puma_mdm.cli import config_path
-
     return config_path(config or task or "sudoku")
 
 
@@ -88,8 +88,6 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def shipped_model() -> Path | None:
     """The Sudoku model shipped inside the package, when there is one."""
-    from puma_mdm.cli import default_model
-
     path = default_model()
     return path if (path / "config.json").is_file() else None
 
@@ -179,28 +177,28 @@ def cmd_sampling(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``, ``sampling``) to the
+    ``puma`` command's sub-parsers; each sub-command sets ``func``."""
     from puma_mdm.bench.common import AUTOCASTS
     from puma_mdm.bench.throughput import SIZES, STRATEGIES
     from puma_mdm.sampling import CACHES, POLICIES
 
-    """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``) to the ``puma``
-    command's sub-parsers; each sub-command sets ``func``."""
-    bench = subparsers.add_parser(
+    bench = sub.add_parser(
         "bench",
         help="benchmarks: PUMA's training speed-up, training and sampling throughput, MDM-Prime, "
         "block-diffusion training, decoders and caches",
         description="Benchmarks. Results go to JSON (and a PNG for speedup and blocks) in "
         "--out-dir.",
     )
-    sub = bench.add_subparsers(
+    benchmarks = bench.add_subparsers(
         dest="benchmark",
         required=True,
         metavar="BENCHMARK",
         help="speedup, throughput, prime, blocks or sampling",
     )
 
-    p = sub.add_parser(
+    p = benchmarks.add_parser(
         "speedup",
         help="steps and seconds to reach accuracy targets, standard vs progressive",
         description=(
@@ -273,16 +271,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         default="runs/bench-speedup",
         help="where results are written",
     )
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        type=A.key_value,
-        metavar="KEY=VALUE",
-        help="config overrides (dot-list)",
-    )
+    add_overrides_argument(p, "config overrides (dot-list)")
     p.set_defaults(func=cmd_speedup)
 
-    p = sub.add_parser(
+    p = benchmarks.add_parser(
         "throughput",
         help="training tokens/s per strategy and sampling puzzles/s per policy",
         description=(
@@ -354,16 +346,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         default="runs/bench-throughput",
         help="where throughput.json is written",
     )
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        type=A.key_value,
-        metavar="KEY=VALUE",
-        help="config overrides (dot-list)",
-    )
+    add_overrides_argument(p, "config overrides (dot-list)")
     p.set_defaults(func=cmd_throughput)
 
-    p = sub.add_parser(
+    p = benchmarks.add_parser(
         "prime",
         help="MDM-Prime with ℓ digits per token: NLL bound, NFE and idle steps per ℓ",
         description=(
@@ -407,16 +393,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         default="runs/bench-prime",
         help="where prime.json is written",
     )
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        type=A.key_value,
-        metavar="KEY=VALUE",
-        help="config overrides (dot-list)",
-    )
+    add_overrides_argument(p, "config overrides (dot-list)")
     p.set_defaults(func=cmd_prime)
 
-    p = sub.add_parser(
+    p = benchmarks.add_parser(
         "blocks",
         help="block-diffusion training step: one forward over [x_t | x0] vs one per block",
         description=(
@@ -453,7 +433,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.set_defaults(func=cmd_blocks)
 
-    p = sub.add_parser(
+    p = benchmarks.add_parser(
         "sampling",
         help="accuracy, network calls and wall-clock of every decoder, cached and uncached",
         description=(
@@ -526,4 +506,3 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="where results are written",
     )
     p.set_defaults(func=cmd_sampling)
-    return bench

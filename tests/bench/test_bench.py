@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 
-from puma_mdm.bench.cli import add_bench_parser
 from puma_mdm.bench.speedup import (
     censored_median,
     first_reach,
@@ -16,7 +15,8 @@ from puma_mdm.bench.speedup import (
     summarize,
 )
 from puma_mdm.bench.throughput import run_throughput
-from puma_mdm.cli import bundled_config
+from puma_mdm.bundled import bundled_config
+from puma_mdm.cli.bench import add_commands as add_bench_parser
 from puma_mdm.errors import PumaError
 from puma_mdm.model import Transformer
 from puma_mdm.train.config import load_config

@@ -1,17 +1,52 @@
-"""Command-line options of the sampler shared by ``puma solve``, ``sample`` and ``eval``: the
-rule that decides how many positions each network call reveals, and the key-value cache."""
+"""Command-line options several ``puma`` commands share: the model and its task, config
+overrides, trust in a model's own code, and the sampler's options (``solve``, ``sample``,
+``eval``): the rule that decides how many positions each network call reveals, and the
+key-value cache."""
 
 from __future__ import annotations
 
 import argparse
 
 from puma_mdm import arguments as A
+from puma_mdm.bundled import default_model
 from puma_mdm.errors import PumaError
 from puma_mdm.kinds import kind_of
 from puma_mdm.sampling import CACHES, POLICIES, check_sampling_args
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model`` (a trained model or run directory) and ``--task`` (default: its own)."""
+    from puma_mdm.tasks import TASKS
+
+    p.add_argument(
+        "--model",
+        default=str(default_model()),
+        help="model or run directory (default: the shipped Sudoku model)",
+    )
+    p.add_argument(
+        "--task",
+        type=A.one_of(TASKS),
+        help="task name (default: the task the model was trained on)",
+    )
+    add_trust_argument(p)
+
+
+def add_overrides_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """The positional ``KEY=VALUE`` config overrides (dot-list)."""
+    p.add_argument("overrides", nargs="*", type=A.key_value, metavar="KEY=VALUE", help=help)
+
+
+def add_trust_argument(p: argparse.ArgumentParser) -> None:
+    """``--trust-remote-code``: the user's own decision, never read from the model directory."""
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow running Python code shipped in a Hugging Face model directory (auto_map)",
+    )
+
+
 def add_cache_arguments(p: argparse.ArgumentParser) -> None:
+    """``--cache`` (the key-value cache kind) and ``--refresh`` (the dual cache's period)."""
     p.add_argument(
         "--cache",
         type=A.one_of(CACHES),
@@ -87,20 +122,3 @@ def decoding_options(args: argparse.Namespace) -> dict:
     except ValueError as err:
         raise PumaError(str(err)) from None
     return options
-
-
-def check_table_options(
-    policies: list[str], ks: list[int], thresholds: list[float], bounds: list[float]
-) -> None:
-    """``puma eval``'s lists, each value checked before any model time is spent."""
-    try:
-        for policy in policies:
-            check_sampling_args(policy, None, None, None, 0.0)
-        for k in ks:
-            check_sampling_args("margin", k, None, None, 0.0)
-        for threshold in thresholds:
-            check_sampling_args("margin", None, None, threshold, 0.0)
-        for gamma in bounds:
-            check_sampling_args("margin", None, None, None, 0.0, gamma)
-    except ValueError as err:
-        raise PumaError(str(err)) from None

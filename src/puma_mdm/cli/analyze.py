@@ -6,11 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from puma_mdm import arguments as A
+from puma_mdm.cli.args import add_model_arguments, add_policy_arguments
+
 
 def cmd_mismatch(args: argparse.Namespace) -> int:
     import torch
 
-    from puma_mdm.mismatch import format_mismatch, measure_mismatch, plot_mismatch
+    from puma_mdm.mismatch import format_mismatch, measure_mismatch
+    from puma_mdm.plots import mismatch_png
     from puma_mdm.pretrained import load_trained, resolve_model_dir
 
     model, task = load_trained(
@@ -58,22 +62,18 @@ def cmd_mismatch(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(summary, indent=2))
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     title = f"{resolve_model_dir(args.model).name}: {args.policy} {decoding}, {len(examples)} ex."
-    plot_mismatch(summary, plot, title)
+    mismatch_png(summary, plot, title)
     print(f"wrote {out} and {plot}")
     return 0
 
 
-def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``analyze`` (with ``mismatch``) to the ``puma`` command's sub-parsers."""
-    from puma_mdm import arguments as A
-    from puma_mdm.cli import add_model_arguments
-    from puma_mdm.cli_decoding import add_policy_arguments
-
-    analyze = subparsers.add_parser("analyze", help="measurements on a trained model")
-    sub = analyze.add_subparsers(
+    analyze = sub.add_parser("analyze", help="measurements on a trained model")
+    analyses = analyze.add_subparsers(
         dest="analysis", required=True, metavar="ANALYSIS", help="mismatch"
     )
-    p = sub.add_parser(
+    p = analyses.add_parser(
         "mismatch",
         help="loss on the decoder's own masks vs random masks, stage by stage",
         description=(
@@ -104,4 +104,3 @@ def add_analyze_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--out", type=A.output_file, default="mismatch.json", help="JSON output file")
     p.add_argument("--plot", type=A.output_file, help="PNG output file (default: --out with .png)")
     p.set_defaults(func=cmd_mismatch)
-    return analyze

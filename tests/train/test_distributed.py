@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from puma_mdm.cli import bundled_config, main
+from puma_mdm.bundled import bundled_config
+from puma_mdm.cli import main
 from puma_mdm.manifest import write_manifest
 from puma_mdm.model import Transformer
 from puma_mdm.tasks import build_task
@@ -21,8 +22,8 @@ from puma_mdm.train.checkpoint import STATE_NAME, checkpoint_path, load_checkpoi
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer
 from tiny import logged as records
+from tiny import torchrun
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 STEPS = 30
 TINY = [
     "model.dim=32",
@@ -66,12 +67,8 @@ def worker(out: Path) -> int:
 
 
 def test_two_replicas_train_in_lockstep_and_resume_exactly(tmp_path):
-    out = subprocess.run(
-        [*TORCHRUN, "--standalone", "--nproc_per_node=2", __file__, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,  # a hang, not a slow machine: under load this takes minutes
-    )
+    # a hang, not a slow machine: under load this takes minutes
+    out = torchrun(__file__, str(tmp_path), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     run, resumed = tmp_path / "run", tmp_path / "resumed"
 

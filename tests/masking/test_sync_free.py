@@ -3,11 +3,11 @@ that neither the pool's update nor the samplers' loop synchronises host and devi
 
 import pytest
 import torch
+from test_progressive import MASK, B, L, P, V, crafted_logits, ids, stage_bounds, unmasked_count
 
 from puma_mdm import sample
 from puma_mdm.masking import ExampleStream, ProgressivePool
 from puma_mdm.model import ModelConfig, Transformer
-from test_progressive import MASK, B, L, P, V, crafted_logits, ids, stage_bounds, unmasked_count
 
 
 def make_pool(sync_free=True, mode="fixed", K=4, device="cpu", n=200):

@@ -1,9 +1,12 @@
-"""``puma export --model DIR --to hf OUT``: argument parsing; the work is in export.py."""
+"""``puma export --model DIR --to hf OUT``: argument parsing; the work is in hf/export.py."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from puma_mdm import arguments as A
+from puma_mdm.cli.args import add_trust_argument
 
 FORMATS = ("hf",)
 
@@ -20,10 +23,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_export_parser(sub: argparse._SubParsersAction) -> None:
-    from puma_mdm import arguments as A
-    from puma_mdm.cli import add_trust_argument
-
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``export`` to the ``puma`` command's sub-parsers."""
     p = sub.add_parser(
         "export",
         help="write a trained model in another library's format",

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from puma_mdm.cli import build_parser, default_model, main
+from puma_mdm.bundled import default_model
+from puma_mdm.cli import build_parser, main
 from puma_mdm.train.config import Config
 from tiny import TINY_RUN
 

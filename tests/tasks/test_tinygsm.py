@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from hf_models import byte_bpe, save_tokenizer
-from puma_mdm.cli import bundled_config, main
+from puma_mdm.bundled import bundled_config
+from puma_mdm.cli import main
 from puma_mdm.tasks import build_task
 from puma_mdm.tasks.math_programs import MathTaskError
 from puma_mdm.tasks.tinygsm import gsm8k_answer, read_gsm8k

@@ -4,7 +4,6 @@ included). The same run under DDP is the reference for the numbers."""
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,13 +13,13 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
-from puma_mdm.cli import bundled_config, main
+from puma_mdm.bundled import bundled_config
+from puma_mdm.cli import main
 from puma_mdm.train.checkpoint import SHARDS, checkpoint_path, load_checkpoint
 from puma_mdm.train.config import load_config
 from puma_mdm.train.trainer import Trainer
-from tiny import logged
+from tiny import logged, torchrun
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 STEPS = 30
 TINY = [
     "model.dim=32",
@@ -78,12 +77,8 @@ def records(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_fsdp_shards_trains_like_ddp_and_resumes_exactly(tmp_path):
-    out = subprocess.run(
-        [*TORCHRUN, "--standalone", "--nproc_per_node=2", __file__, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=900,  # a hang, not a slow machine: under load this takes minutes
-    )
+    # a hang, not a slow machine: under load this takes minutes
+    out = torchrun(__file__, str(tmp_path), timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     run, resumed, ddp = tmp_path / "fsdp", tmp_path / "resumed", tmp_path / "ddp"
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from puma_mdm.cli import bundled_config, main
+from puma_mdm.bundled import bundled_config
+from puma_mdm.cli import main
 from puma_mdm.errors import ModelLoadError
 from puma_mdm.manifest import MANIFEST_NAME
 from puma_mdm.pretrained import load_trained
