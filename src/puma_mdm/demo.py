@@ -12,10 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from puma_mdm.plots import sudoku_order_png
 from puma_mdm.policy_table import format_table, policy_table
+from puma_mdm.precision import autocast_dtype
 from puma_mdm.pretrained import load_trained
 from puma_mdm.solve import solve_with_model
 from puma_mdm.tasks.sudoku_formats import pretty
@@ -54,7 +53,7 @@ def run_demo(args: argparse.Namespace, config: Path, shipped: Path) -> int:
         policies=["random", "top_prob", "margin", "entropy"],
         ks=[1, 2, 3],
         thresholds=[0.9],
-        autocast_dtype=torch.bfloat16,
+        autocast_dtype=autocast_dtype("auto", "cpu"),
     )
     print(format_table(rows))
     (out / "eval.json").write_text(json.dumps(rows, indent=2))

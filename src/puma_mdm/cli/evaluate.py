@@ -32,10 +32,10 @@ def check_table_options(
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
 
     from puma_mdm.kinds import kind_of
     from puma_mdm.policy_table import format_table, policy_table
+    from puma_mdm.precision import autocast_dtype
     from puma_mdm.pretrained import load_trained, resolve_model_dir
 
     model, task = load_trained(
@@ -43,6 +43,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     check_table_options(args.policies, args.ks, args.thresholds, args.entropy_bounds)
     check_cache_option(model, args)
+    precision = autocast_dtype("fp32" if args.fp32 else "auto", next(model.parameters()).device)
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
     kind = kind_of(model)
@@ -62,7 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         time_steps=args.time_steps or [task.seq_len],
         nll_samples=args.nll_samples,
         batch_size=args.batch_size,
-        autocast_dtype=None if args.fp32 else torch.bfloat16,
+        autocast_dtype=precision,
     )
     if not task.scores_outputs and report is None:  # text corpora: the NLL bound, no accuracy
         return report_likelihood(args, model, task, examples)
@@ -77,7 +78,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ks=args.ks,
             thresholds=args.thresholds,
             batch_size=args.batch_size,
-            autocast_dtype=None if args.fp32 else torch.bfloat16,
+            autocast_dtype=precision,
             entropy_bounds=bounds,
             cache=args.cache,
             refresh=args.refresh,
@@ -163,7 +164,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="comma-separated entropy bounds γ (nats) of entropy-bounded decoding ('' for none)",
     )
     add_cache_arguments(p)
-    p.add_argument("--fp32", action="store_true", help="decode in float32 instead of bf16 autocast")
+    p.add_argument(
+        "--fp32",
+        action="store_true",
+        help="decode in float32 (default: bf16 autocast where the CPU has native bf16, "
+        "else float32)",
+    )
     p.add_argument(
         "--samples",
         type=A.positive_int,

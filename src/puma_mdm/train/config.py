@@ -16,10 +16,10 @@ from puma_mdm.arguments import device_problem
 from puma_mdm.errors import ConfigError
 from puma_mdm.losses import LOSS_NORMS
 from puma_mdm.masking.settings import PumaSettings
+from puma_mdm.precision import PRECISIONS
 from puma_mdm.sampling import POLICIES
 
 STRATEGIES = ("standard", "progressive", "arm")
-AUTOCAST = ("auto", "bf16", "fp16", "fp32")
 PARALLEL = ("ddp", "fsdp")
 
 
@@ -79,7 +79,7 @@ class TrainingSection:
     ema: float = 0.0  # EMA decay of the weights (0 = off); evaluation uses the EMA weights
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    autocast: str = "auto"  # auto (= bf16) | bf16 | fp16 | fp32 (no autocast)
+    autocast: str = "auto"  # auto (bf16 where native, else fp32; precision.py) | bf16 | fp16 | fp32
     compile: bool = False  # torch.compile the training forward/backward (≈1 min to compile)
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters, gradients, optimiser and EMA
@@ -260,7 +260,7 @@ def validate(cfg: Config) -> None:
         "training.parallel=fsdp shards puma's own Transformer; a Hugging Face network "
         "(model.hf_path) trains with ddp",
     )
-    need(t.autocast in AUTOCAST, f"training.autocast: {t.autocast!r} is not one of {AUTOCAST}")
+    need(t.autocast in PRECISIONS, f"training.autocast: {t.autocast!r} is not one of {PRECISIONS}")
     t.puma.check("training.puma")
     need(
         cfg.logging.wandb_mode in ("offline", "online"),

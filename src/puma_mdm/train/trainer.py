@@ -31,10 +31,9 @@ from puma_mdm.evaluate import evaluate
 from puma_mdm.files import write_text
 from puma_mdm.kinds import build_model, kind_of, load_model
 from puma_mdm.losses import normalize_loss
-from puma_mdm.masking import (
-    Batch,
-)
+from puma_mdm.masking import Batch
 from puma_mdm.model import Transformer
+from puma_mdm.precision import autocast_dtype
 from puma_mdm.pretrained import TASK_FILE
 from puma_mdm.tasks import build_task
 from puma_mdm.train.checkpoint import (
@@ -57,15 +56,6 @@ class TrainingStopped(PumaError):
 
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was written after the current step."""
-
-
-def autocast_dtype(name: str) -> torch.dtype | None:
-    """``auto`` = bf16 where the hardware has it (recent GPUs, AVX-512-BF16 CPUs all run it)."""
-    if name == "fp32":
-        return None
-    if name == "fp16":
-        return torch.float16
-    return torch.bfloat16
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -114,7 +104,7 @@ class Trainer:
         cfg = self.cfg
         t = cfg.training
         self.device = self.dist.device
-        self.amp = autocast_dtype(t.autocast)
+        self.amp = autocast_dtype(t.autocast, self.device)
         if t.threads > 0:
             torch.set_num_threads(t.threads)
 
