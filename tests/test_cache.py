@@ -48,6 +48,7 @@ DECODERS = [
     {"policy": "top_prob", "k": 3},
     {"policy": "entropy", "threshold": 0.5},
     {"policy": "margin", "entropy_bound": 0.5},
+    {"policy": "margin", "entropy_sum": 0.5},
     {"policy": "random", "k": 2},
     {"policy": "margin", "k": 1, "temperature": 1.0},
 ]
@@ -147,6 +148,8 @@ def test_dual_cache_with_refresh_every_step_is_exact_and_otherwise_completes():
         ({}, {"cache": "dual", "refresh": 0}, "refresh"),
         ({}, {"entropy_bound": -1.0}, "entropy_bound"),
         ({}, {"entropy_bound": 1.0, "k": 2}, "at most one"),
+        ({}, {"entropy_sum": float("nan")}, "entropy_sum"),
+        ({}, {"entropy_sum": 1.0, "entropy_bound": 1.0}, "at most one"),
     ],
 )
 def test_bad_cache_and_rule_options_are_refused(kind, options, message):
@@ -159,8 +162,9 @@ def test_a_plain_function_cannot_use_a_cache():
         sample(lambda ids: torch.zeros(*ids.shape, V), prompts(), MASK, cache="dual")
 
 
+@pytest.mark.parametrize("spare_largest", [True, False])
 @pytest.mark.parametrize("gamma", [0.0, 0.2, 1.0, 5.0])
-def test_entropy_bound_reveals_the_longest_prefix_within_the_bound(gamma):
+def test_entropy_rules_reveal_the_longest_prefix_within_the_bound(gamma, spare_largest):
     from puma_mdm.sampling import POLICIES, entropy_bounded
 
     g = torch.Generator().manual_seed(int(gamma * 10))
@@ -168,17 +172,48 @@ def test_entropy_bound_reveals_the_longest_prefix_within_the_bound(gamma):
     eligible = torch.rand(6, 9, generator=g) < 0.7
     eligible[:, 0] = True
     scores = POLICIES["margin"](log_probs, None)
-    got = entropy_bounded(log_probs, scores, eligible, gamma)
+    got = entropy_bounded(log_probs, scores, eligible, gamma, spare_largest)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     for b in range(6):
         ranked = sorted(eligible[b].nonzero().flatten().tolist(), key=lambda i: -scores[b, i])
         chosen = ranked[:1]
         for i in ranked[1:]:
             h = [float(entropy[b, j]) for j in [*chosen, i]]
-            if sum(h) - max(h) > gamma:
+            if sum(h) - (max(h) if spare_largest else 0.0) > gamma:
                 break
             chosen.append(i)
         assert sorted(got[b].nonzero().flatten().tolist()) == sorted(chosen)
+
+
+def test_only_the_entropy_sum_refuses_an_uncertain_position_beside_a_sure_one():
+    """The EB-sampler spares the largest entropy, so a near-certain position lets a coin flip
+    ride along in the same step; the entropy sum does not."""
+    from puma_mdm.sampling import POLICIES, entropy_bounded
+
+    probs = torch.tensor([[[1.0 - 1e-6, 1e-6, 0.0], [0.5, 0.5, 0.0], [0.4, 0.3, 0.3]]])
+    log_probs = probs.clamp_min(1e-30).log()
+    eligible = torch.ones(1, 3, dtype=torch.bool)
+    scores = POLICIES["margin"](log_probs, None)
+    eb = entropy_bounded(log_probs, scores, eligible, 0.01)
+    total = entropy_bounded(log_probs, scores, eligible, 0.01, spare_largest=False)
+    assert eb.tolist() == [[True, False, True]]  # the sure one and a 0.4/0.3/0.3 guess
+    assert total.tolist() == [[True, False, False]]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"k": 1}, {"k": 3}, {"entropy_sum": 0.3}, {"threshold": 0.6}, {"entropy_bound": 0.3}],
+)
+@pytest.mark.parametrize("kind", [{}, {"block_size": 4}])
+def test_row_nfe_is_what_decoding_each_row_alone_costs(kind, options):
+    model = peaked(**kind)
+    x = prompts(rows=6)
+    batch = sample(model, x, MASK, **options)
+    alone = [sample(model, x[b : b + 1], MASK, **options) for b in range(len(x))]
+    assert batch.row_nfe.tolist() == [r.nfe for r in alone]
+    slowest = max(r.nfe for r in alone)  # blocks: each block waits for its slowest row
+    assert batch.nfe == slowest if not kind else batch.nfe >= slowest
+    torch.testing.assert_close(batch.tokens, torch.cat([r.tokens for r in alone]))
 
 
 def test_cached_step_functions_take_every_row_as_a_slice():

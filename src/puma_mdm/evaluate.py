@@ -27,16 +27,19 @@ def evaluate(
     entropy_bound: float | None = None,
     cache: str = "auto",
     refresh: int = 4,
+    entropy_sum: float | None = None,
 ) -> dict[str, float]:
     """Decode every example from its prompt; return accuracy (fraction judged correct by the
-    task), the mean number of network calls per batch (``nfe``), the count and the cache used
-    (``auto`` resolved). ``k`` applies
-    when neither ``threshold`` nor ``entropy_bound`` is given; ``cache`` and ``refresh`` are
-    :func:`~puma_mdm.sampling.sample`'s."""
+    task), the mean number of network calls per batch (``nfe``) and per example
+    (``nfe_per_example``: what decoding one at a time costs; the two differ for the adaptive
+    rules, where a batch runs until its slowest row is done), the count and the cache used
+    (``auto`` resolved). ``k`` applies when no adaptive rule (``threshold``, ``entropy_bound``,
+    ``entropy_sum``) is given; ``cache`` and ``refresh`` are :func:`~puma_mdm.sampling.sample`'s."""
+    adaptive = any(v is not None for v in (threshold, entropy_bound, entropy_sum))
     with evaluating(model):
         device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(seed)
-        correct, nfe, batches, used = 0, 0, 0, cache
+        correct, nfe, row_nfe, batches, used = 0, 0, 0, 0, cache
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
             chunk = Examples(chunk.x0.to(device), chunk.prompt_mask.to(device))
@@ -45,9 +48,10 @@ def evaluate(
                 task.masked_inputs(chunk),
                 task.mask_id,
                 policy=policy,
-                k=None if threshold is not None or entropy_bound is not None else k,
+                k=None if adaptive else k,
                 threshold=threshold,
                 entropy_bound=entropy_bound,
+                entropy_sum=entropy_sum,
                 generator=generator,
                 autocast_dtype=autocast_dtype,
                 eos_id=getattr(task, "eos_id", None),
@@ -56,11 +60,14 @@ def evaluate(
             )
             correct += int(task.correct(result.tokens, chunk).sum())
             nfe += result.nfe
+            rows = result.row_nfe
+            row_nfe += result.nfe * len(chunk) if rows is None else int(rows.sum())
             batches += 1
             used = result.cache
     return {
         "accuracy": correct / len(examples),
         "nfe": nfe / batches,
+        "nfe_per_example": row_nfe / len(examples),
         "n": len(examples),
         "cache": used,
     }

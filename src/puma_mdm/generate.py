@@ -69,14 +69,21 @@ def generate(
     entropy_bound: float | None = None,
     cache: str = "auto",
     refresh: int = 4,
+    entropy_sum: float | None = None,
 ) -> list[Generation]:
     """``n`` completions of ``prompt`` (unconditional text when None), ``length`` tokens each
-    (default: up to the model's sequence length); ``entropy_bound``, ``cache`` and ``refresh``
-    as in :func:`~puma_mdm.kinds.sample`."""
-    parallel = threshold is not None or entropy_bound is not None
+    (default: up to the model's sequence length); ``entropy_bound``, ``entropy_sum``, ``cache``
+    and ``refresh`` as in :func:`~puma_mdm.kinds.sample`."""
+    parallel = any(v is not None for v in (threshold, entropy_bound, entropy_sum))
     try:
         check_sampling_args(
-            policy, None if parallel else k, None, threshold, temperature, entropy_bound
+            policy,
+            None if parallel else k,
+            None,
+            threshold,
+            temperature,
+            entropy_bound,
+            entropy_sum,
         )
     except ValueError as err:
         raise SampleError(str(err)) from None
@@ -92,6 +99,7 @@ def generate(
         k=None if parallel else k,
         threshold=threshold,
         entropy_bound=entropy_bound,
+        entropy_sum=entropy_sum,
         temperature=temperature,
         generator=torch.Generator().manual_seed(seed),
         record_order=True,

@@ -404,11 +404,12 @@ class Prime(ModelKind):
 
     def sample(self, model, x_t, mask_id, **options) -> SampleResult:
         """Digit by digit (:func:`puma_mdm.prime.sampling.sample_tokens`)."""
-        bound, cache = options.pop("entropy_bound", None), options.pop("cache", "auto")
-        if bound is not None or cache not in ("auto", "none"):
+        bound = options.pop("entropy_bound", None)
+        total, cache = options.pop("entropy_sum", None), options.pop("cache", "auto")
+        if bound is not None or total is not None or cache not in ("auto", "none"):
             raise ValueError(
-                "MDM-Prime models are sampled digit by digit: entropy_bound and cache do not "
-                "apply; use k, steps or threshold and cache='none'"
+                "MDM-Prime models are sampled digit by digit: entropy_bound, entropy_sum and "
+                "cache do not apply; use k, steps or threshold and cache='none'"
             )
         for unused in ("block_size", "eos_id", "refresh"):
             options.pop(unused, None)
@@ -530,11 +531,13 @@ def sample(
     entropy_bound: float | None = None,
     cache: str = "auto",
     refresh: int = 4,
+    entropy_sum: float | None = None,
 ) -> SampleResult:
     """Fill every ``mask_id`` position of ``x_t`` (B, L) the way the model's kind decodes: with
-    none of ``k``, ``steps``, ``threshold``, ``entropy_bound`` given, ``k=1``. ``model`` maps
-    ids (B, L) to logits (B, L, V). An MDM-Prime model is sampled digit by digit; ``block_size``
-    defaults to 1 for an ARM, to the model's blocks for block diffusion, else 0 (all at once).
+    none of ``k``, ``steps``, ``threshold``, ``entropy_bound``, ``entropy_sum`` given, ``k=1``.
+    ``model`` maps ids (B, L) to logits (B, L, V). An MDM-Prime model is sampled digit by digit;
+    ``block_size`` defaults to 1 for an ARM, to the model's blocks for block diffusion, else 0
+    (all at once).
     ``cache``: ``auto`` (``prefix`` where exact, else ``none``), ``none``, ``prefix`` or
     ``dual`` (refreshed every ``refresh`` steps). The rest is :func:`puma_mdm.sampling.sample`'s."""
     return kind_of(model).sample(
@@ -554,4 +557,5 @@ def sample(
         entropy_bound=entropy_bound,
         cache=cache,
         refresh=refresh,
+        entropy_sum=entropy_sum,
     )

@@ -1,6 +1,6 @@
 """Compare unmasking policies: whole-example accuracy and NFE for every (policy, k), for
-threshold decoding and for entropy-bounded decoding — the "Train for the Worst, Plan for the
-Best" comparison, with the parallel decoders beside k = 1."""
+threshold decoding and for the two entropy-bounded rules — the "Train for the Worst, Plan for
+the Best" comparison, with the parallel decoders beside k = 1."""
 
 from __future__ import annotations
 
@@ -24,14 +24,16 @@ def policy_table(
     entropy_bounds: list[float] = (),
     cache: str = "auto",
     refresh: int = 4,
+    entropy_sums: list[float] = (),
 ) -> list[dict]:
-    """One row per decoding setting: policy, k, threshold or entropy bound γ, the cache used,
-    accuracy, NFE, seconds."""
-    settings = [(p, k, None, None) for p in policies for k in ks]
-    settings += [(p, None, t, None) for p in policies for t in thresholds]
-    settings += [(p, None, None, g) for p in policies for g in entropy_bounds]
+    """One row per decoding setting: policy, k, threshold, entropy bound or entropy sum γ, the
+    cache used, accuracy, NFE per batch and per example, seconds."""
+    settings = [(p, k, None, None, None) for p in policies for k in ks]
+    settings += [(p, None, t, None, None) for p in policies for t in thresholds]
+    settings += [(p, None, None, g, None) for p in policies for g in entropy_bounds]
+    settings += [(p, None, None, None, g) for p in policies for g in entropy_sums]
     rows = []
-    for policy, k, threshold, gamma in settings:
+    for policy, k, threshold, gamma, total in settings:
         start = time.perf_counter()
         result = evaluate(
             model,
@@ -41,6 +43,7 @@ def policy_table(
             k=k,
             threshold=threshold,
             entropy_bound=gamma,
+            entropy_sum=total,
             batch_size=batch_size,
             autocast_dtype=autocast_dtype,
             cache=cache,
@@ -52,9 +55,11 @@ def policy_table(
                 "k": k,
                 "threshold": threshold,
                 "entropy_bound": gamma,
+                "entropy_sum": total,
                 "cache": result["cache"],
                 "accuracy": result["accuracy"],
                 "nfe": result["nfe"],
+                "nfe_per_example": result["nfe_per_example"],
                 "n": result["n"],
                 "seconds": round(time.perf_counter() - start, 2),
             }
@@ -64,16 +69,20 @@ def policy_table(
 
 def format_table(rows: list[dict]) -> str:
     """A fixed-width text table of ``policy_table`` rows."""
-    lines = [f"{'policy':<10} {'decoding':<12} {'accuracy':>9} {'NFE':>6} {'seconds':>8}"]
+    lines = [
+        f"{'policy':<10} {'decoding':<14} {'accuracy':>9} {'NFE':>6} {'NFE/ex':>7} {'seconds':>8}"
+    ]
     for r in rows:
         if r["k"] is not None:
             decoding = f"k={r['k']}"
         elif r["threshold"] is not None:
             decoding = f"τ≥{r['threshold']}"
+        elif r["entropy_bound"] is not None:
+            decoding = f"ΣH−maxH≤{r['entropy_bound']}"
         else:
-            decoding = f"ΣH≤{r['entropy_bound']}"
+            decoding = f"ΣH≤{r['entropy_sum']}"
         lines.append(
-            f"{r['policy']:<10} {decoding:<12} {100 * r['accuracy']:>8.1f}% "
-            f"{r['nfe']:>6.1f} {r['seconds']:>8.1f}"
+            f"{r['policy']:<10} {decoding:<14} {100 * r['accuracy']:>8.1f}% "
+            f"{r['nfe']:>6.1f} {r['nfe_per_example']:>7.1f} {r['seconds']:>8.1f}"
         )
     return "\n".join(lines)

@@ -13,7 +13,11 @@ once over the rows that still have masks, scores every masked position with an u
   ``entropy_bound`` γ: in the policy's order, the longest run of positions ``U`` with
   ``Σ_{i∈U} H(p_i) − max_{i∈U} H(p_i) ≤ γ`` (the EB-sampler of Ben-Hamu et al. 2025, "Accelerated
   Sampling from Masked Diffusion Models via Entropy Bounded Unmasking": the summed entropy
-  bounds the error of revealing ``U`` at once from independent marginals; at least one);
+  bounds the error of revealing ``U`` at once from independent marginals; at least one), or an
+  ``entropy_sum`` γ: the same with ``Σ_{i∈U} H(p_i) ≤ γ``. The EB-sampler's bound is on the
+  dependence between the revealed positions, exact for sampling; a greedy decoder also errs on
+  each position by itself, and there the subtracted ``max H`` lets one position of any entropy
+  ride along every step (docs/algorithms.md §4.3);
 * which value: the argmax (``temperature=0``) or a sample from p^(1/T) by Gumbel-max in float64.
 
 Everything is vectorised over the batch; positions that are not masked at the start
@@ -79,12 +83,15 @@ def _entropy(log_probs: torch.Tensor, generator: torch.Generator | None) -> torc
 class SampleResult:
     """``tokens``: the completed sequences; ``nfe``: network calls made; ``order[b, i]``: the
     step (0-based) at which position ``i`` was decoded, −1 for positions given at the start
-    (only when ``record_order=True``); ``cache``: the key-value cache used."""
+    (only when ``record_order=True``); ``cache``: the key-value cache used; ``row_nfe[b]``: the
+    calls row ``b`` needed (the calls made while it still had masks: what decoding it alone
+    would cost; with an adaptive rule ``nfe`` is the batch's slowest row)."""
 
     tokens: torch.Tensor
     nfe: int
     order: torch.Tensor | None = None
     cache: str = "none"
+    row_nfe: torch.Tensor | None = None
 
 
 def check_sampling_args(
@@ -94,12 +101,13 @@ def check_sampling_args(
     threshold: float | None,
     temperature: float,
     entropy_bound: float | None = None,
+    entropy_sum: float | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the bad argument."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
-    if sum(x is not None for x in (k, steps, threshold, entropy_bound)) > 1:
-        raise ValueError("give at most one of k, steps, threshold and entropy_bound")
+    if sum(x is not None for x in (k, steps, threshold, entropy_bound, entropy_sum)) > 1:
+        raise ValueError("give at most one of k, steps, threshold, entropy_bound and entropy_sum")
     if k is not None and (not isinstance(k, int) or k < 1):
         raise ValueError(f"k (tokens revealed per step) must be an integer ≥ 1, got {k!r}")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
@@ -108,6 +116,8 @@ def check_sampling_args(
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     if entropy_bound is not None and not (0.0 <= entropy_bound < float("inf")):
         raise ValueError(f"entropy_bound γ must be a finite number ≥ 0 (nats), got {entropy_bound}")
+    if entropy_sum is not None and not (0.0 <= entropy_sum < float("inf")):
+        raise ValueError(f"entropy_sum γ must be a finite number ≥ 0 (nats), got {entropy_sum}")
     if temperature < 0:
         raise ValueError(f"temperature must be ≥ 0, got {temperature}")
 
@@ -127,14 +137,19 @@ def choose_values(
 
 
 def entropy_bounded(
-    log_probs: torch.Tensor, scores: torch.Tensor, eligible: torch.Tensor, gamma: float
+    log_probs: torch.Tensor,
+    scores: torch.Tensor,
+    eligible: torch.Tensor,
+    gamma: float,
+    spare_largest: bool = True,
 ) -> torch.Tensor:
     """Boolean (B, L): per row, the longest run of eligible positions in descending ``scores``
-    whose entropies satisfy ``Σ H − max H ≤ γ`` (always at least one)."""
+    whose entropies satisfy ``Σ H − max H ≤ γ`` (``spare_largest``, the EB-sampler) or
+    ``Σ H ≤ γ``; always at least one."""
     entropy = -(log_probs.exp() * log_probs).nan_to_num().sum(-1)
     order = scores.masked_fill(~eligible, float("-inf")).argsort(dim=1, descending=True)
     h = entropy.gather(1, order).masked_fill(~eligible.gather(1, order), 0.0)
-    excess = h.cumsum(1) - h.cummax(1).values
+    excess = h.cumsum(1) - (h.cummax(1).values if spare_largest else 0.0)
     count = ((excess <= gamma) & eligible.gather(1, order)).sum(1).clamp(min=1)
     return pick_top(scores, eligible, count)
 
@@ -151,13 +166,26 @@ class Decoding:
     temperature: float = 0.0
     generator: torch.Generator | None = None
     autocast_dtype: torch.dtype | None = None
+    entropy_sum: float | None = None
 
     def __post_init__(self) -> None:
-        if all(v is None for v in (self.k, self.steps, self.threshold, self.entropy_bound)):
+        rules = (self.k, self.steps, self.threshold, self.entropy_bound, self.entropy_sum)
+        if all(v is None for v in rules):
             self.k = 1
         check_sampling_args(
-            self.policy, self.k, self.steps, self.threshold, self.temperature, self.entropy_bound
+            self.policy,
+            self.k,
+            self.steps,
+            self.threshold,
+            self.temperature,
+            self.entropy_bound,
+            self.entropy_sum,
         )
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the number revealed per step depends on the model's outputs."""
+        return any(v is not None for v in (self.threshold, self.entropy_bound, self.entropy_sum))
 
     def reveal(self, log_probs: torch.Tensor, still: torch.Tensor, step: int):
         """(positions to reveal (A, L), their values (A, L)) for one step."""
@@ -169,6 +197,8 @@ class Decoding:
             reveal = confident | pick_top(scores, still, torch.ones_like(remaining))
         elif self.entropy_bound is not None:
             reveal = entropy_bounded(log_probs, scores, still, self.entropy_bound)
+        elif self.entropy_sum is not None:
+            reveal = entropy_bounded(log_probs, scores, still, self.entropy_sum, False)
         elif self.steps is not None:
             count = torch.ceil(remaining / max(self.steps - step, 1)).long()
             reveal = pick_top(scores, still, count)
@@ -187,17 +217,19 @@ def denoise(
     decoding: Decoding,
     order: torch.Tensor | None = None,
     first_step: int = 0,
+    row_nfe: torch.Tensor | None = None,
 ) -> int:
     """The one sampling loop: fill the masks of ``x`` (B, L; written in place, it may be a view)
     until none is left; return the number of network calls. ``step_logits(x, active)`` gives the
     logits (A, L, V) of rows ``active`` of ``x`` (an index tensor, or ``slice(None)``: every
-    row); ``order`` (like ``x``) gets the step numbers."""
+    row); ``order`` (like ``x``) gets the step numbers; ``row_nfe`` (B,) adds one for every
+    call a row still has masks at."""
     masked = x == mask_id
     nfe = 0
     # On a GPU with k or steps the number of network calls is known before the loop, which
     # then forwards every row (finished rows change nothing) without a host-device sync;
     # elsewhere each step forwards only the rows that still have masks.
-    fixed = x.is_cuda and decoding.threshold is None and decoding.entropy_bound is None
+    fixed = x.is_cuda and not decoding.adaptive
     if fixed:
         most = int(masked.sum(1).max()) if x.numel() else 0  # the one sync, before the loop
         calls = -(-most // decoding.k) if decoding.steps is None else min(decoding.steps, most)
@@ -215,6 +247,8 @@ def denoise(
                 "output classes; pass the id the model was trained with as [MASK] (for puma "
                 "models: model.mask_id, the vocabulary size)"
             )
+        if row_nfe is not None:
+            row_nfe += masked.any(1)
         still = masked[active]
         reveal, values = decoding.reveal(logits.float().log_softmax(-1), still, nfe)
         x[active] = torch.where(reveal, values, x[active])
@@ -243,16 +277,25 @@ def sample(
     entropy_bound: float | None = None,
     cache: str = "none",
     refresh: int = 4,
+    entropy_sum: float | None = None,
 ) -> SampleResult:
     """Fill every ``mask_id`` position of ``x_t`` (B, L) with ``model``, a map from ids (B, L)
-    to logits (B, L, V). With none of ``k``, ``steps``, ``threshold``, ``entropy_bound`` given,
-    ``k=1``. ``block_size`` > 0 decodes in blocks (:func:`sample_blocks`, with ``eos_id``);
-    ``cache`` is ``none``, ``prefix`` (block-causal or causal Transformers) or ``dual``
-    (bidirectional Transformers, refreshed every ``refresh`` steps), see :data:`CACHES`. The
-    model's kind picks the block size and cache: call :func:`puma_mdm.sample`, which checks
-    them (:mod:`puma_mdm.kinds`)."""
+    to logits (B, L, V). With none of ``k``, ``steps``, ``threshold``, ``entropy_bound``,
+    ``entropy_sum`` given, ``k=1``. ``block_size`` > 0 decodes in blocks (:func:`sample_blocks`,
+    with ``eos_id``); ``cache`` is ``none``, ``prefix`` (block-causal or causal Transformers)
+    or ``dual`` (bidirectional Transformers, refreshed every ``refresh`` steps), see
+    :data:`CACHES`. The model's kind picks the block size and cache: call
+    :func:`puma_mdm.sample`, which checks them (:mod:`puma_mdm.kinds`)."""
     decoding = Decoding(
-        policy, k, steps, threshold, entropy_bound, temperature, generator, autocast_dtype
+        policy,
+        k,
+        steps,
+        threshold,
+        entropy_bound,
+        temperature,
+        generator,
+        autocast_dtype,
+        entropy_sum,
     )
     if x_t.dim() != 2:
         raise ValueError(f"x_t must be (batch, length), got shape {tuple(x_t.shape)}")
@@ -261,8 +304,9 @@ def sample(
     x = x_t.clone()
     order = torch.full_like(x, -1) if record_order else None
     step_logits = DualCache(model, mask_id, refresh) if cache == "dual" else _full(model)
-    nfe = denoise(step_logits, x, mask_id, decoding, order)
-    return SampleResult(tokens=x, nfe=nfe, order=order, cache=cache)
+    row_nfe = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    nfe = denoise(step_logits, x, mask_id, decoding, order, row_nfe=row_nfe)
+    return SampleResult(tokens=x, nfe=nfe, order=order, cache=cache, row_nfe=row_nfe)
 
 
 def _full(model) -> StepLogits:
@@ -294,7 +338,7 @@ def sample_blocks(
     generated = x_t == mask_id
     order = torch.full_like(x, -1) if record_order else None
     prefix = PrefixCache(model, x) if cache == "prefix" else None
-    nfe = 0
+    nfe, row_nfe = 0, torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     for start in range(0, x.shape[1], block_size):
         if eos_id is not None:
             ended = ((x[:, :start] == eos_id) & generated[:, :start]).any(1, keepdim=True)
@@ -309,8 +353,8 @@ def sample_blocks(
         else:
             step_logits = _prefix_forward(model, x, start, end)
         part = None if order is None else order[:, start:end]
-        nfe += denoise(step_logits, x[:, start:end], mask_id, decoding, part, nfe)
-    return SampleResult(tokens=x, nfe=nfe, order=order, cache=cache)
+        nfe += denoise(step_logits, x[:, start:end], mask_id, decoding, part, nfe, row_nfe)
+    return SampleResult(tokens=x, nfe=nfe, order=order, cache=cache, row_nfe=row_nfe)
 
 
 def _prefix_forward(model, x: torch.Tensor, start: int, end: int) -> StepLogits:

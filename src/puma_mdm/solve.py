@@ -60,9 +60,11 @@ def solve_with_model(
     **options,
 ) -> list[Solution]:
     """Decode every puzzle; ``options``: more :func:`~puma_mdm.kinds.sample` keywords
-    (``entropy_bound``, ``cache``, ``refresh``)."""
+    (``entropy_bound``, ``entropy_sum``, ``cache``, ``refresh``). Each solution's ``nfe`` is
+    the network calls its puzzle needed."""
     examples = task.encode(puzzles)
-    parallel = threshold is not None or options.get("entropy_bound") is not None
+    rules = (threshold, options.get("entropy_bound"), options.get("entropy_sum"))
+    parallel = any(v is not None for v in rules)
     result = sample(
         model,
         task.masked_inputs(examples),
@@ -76,6 +78,6 @@ def solve_with_model(
     grids = task.grids_of(result.tokens)
     order = task.grids_of(result.order).astype(np.int64)
     return [
-        Solution(p, g, o, explain(g, p), result.nfe)
-        for p, g, o in zip(puzzles, grids, order, strict=True)
+        Solution(p, g, o, explain(g, p), int(n))
+        for p, g, o, n in zip(puzzles, grids, order, result.row_nfe.tolist(), strict=True)
     ]

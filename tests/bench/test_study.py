@@ -216,10 +216,13 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "study.json" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["sudoku-regimes", "sudoku-long"])
-def test_bundled_studies_resolve_every_arm(name):
+@pytest.mark.parametrize(
+    ("name", "task"),
+    [("sudoku-regimes", "sudoku"), ("sudoku-long", "sudoku"), ("math-block-regimes", "math")],
+)
+def test_bundled_studies_resolve_every_arm(name, task):
     study = load_study(name)
-    assert {r.task for r in study.regimes} == {"sudoku"}
+    assert {r.task for r in study.regimes} == {task}
     plan = plan_study(study, seeds=[0])
     assert set(plan.cells) == {r.name for r in study.regimes}
     assert {cfg.training.strategy for cfg in plan.configs.values()} == {"standard", "progressive"}

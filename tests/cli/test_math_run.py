@@ -42,6 +42,7 @@ def test_trained_model_comes_back_with_its_tokenizer(math_run):
 def test_eval_scores_executed_programs(math_run, capsys):
     out = math_run / "eval.json"
     args = ["--policies", "margin", "--ks", "4", "--thresholds", "", "--entropy-bounds", ""]
+    args += ["--entropy-sums", ""]
     args += ["--n", "4", "--out", str(out)]
     assert main(["eval", "--model", str(math_run), *args]) == 0
     (row,) = json.loads(out.read_text())["rows"]

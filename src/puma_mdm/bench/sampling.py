@@ -28,15 +28,16 @@ from puma_mdm.pretrained import load_trained
 from puma_mdm.sampling import CACHES, check_sampling_args
 from puma_mdm.tasks.base import Examples
 
-DECODER = re.compile(r"^(k|tau|eb)=([0-9.eE+-]+)$")
-NAMES = {"k": "k", "tau": "threshold", "eb": "entropy_bound"}
+DECODER = re.compile(r"^(k|tau|eb|es)=([0-9.eE+-]+)$")
+NAMES = {"k": "k", "tau": "threshold", "eb": "entropy_bound", "es": "entropy_sum"}
 
 
 def parse_decoder(text: str) -> dict:
-    """``k=2`` → {"k": 2}; ``tau=0.9`` → threshold; ``eb=0.3`` → entropy bound γ."""
+    """``k=2`` → {"k": 2}; ``tau=0.9`` → threshold; ``eb=0.3`` → entropy bound γ (EB-sampler);
+    ``es=0.01`` → entropy sum γ."""
     match = DECODER.match(text.strip())
     if match is None:
-        raise PumaError(f"--decoders: {text!r} is not k=N, tau=X or eb=X")
+        raise PumaError(f"--decoders: {text!r} is not k=N, tau=X, eb=X or es=X")
     kind, value = match.groups()
     try:
         options = {NAMES[kind]: int(value) if kind == "k" else float(value)}
@@ -47,6 +48,7 @@ def parse_decoder(text: str) -> dict:
             options.get("threshold"),
             0.0,
             options.get("entropy_bound"),
+            options.get("entropy_sum"),
         )
     except ValueError as err:
         raise PumaError(f"--decoders {text}: {err}") from None
@@ -80,7 +82,7 @@ def decode_all(
     """Decode ``examples`` in batches of ``batch``; wall-clock and process CPU time of the
     ``sample`` calls only (CPU time is the fairer ratio on a shared machine)."""
     device = next(model.parameters()).device
-    tokens, nfe, seconds, cpu, correct = [], 0, 0.0, 0.0, 0
+    tokens, nfe, row_nfe, seconds, cpu, correct = [], 0, 0, 0.0, 0.0, 0
     eos = getattr(task, "eos_id", None)
     for start in range(0, len(examples), batch):
         chunk = examples[start : start + batch]
@@ -103,6 +105,7 @@ def decode_all(
         seconds += time.perf_counter() - begin
         cpu += time.process_time() - begin_cpu
         nfe += result.nfe
+        row_nfe += int(result.row_nfe.sum())
         tokens.append(result.tokens.cpu())
         if task.scores_outputs:
             correct += int(task.correct(result.tokens, chunk).sum())
@@ -112,6 +115,7 @@ def decode_all(
         "tokens": torch.cat(tokens),
         "accuracy": correct / len(examples) if task.scores_outputs else None,
         "nfe": nfe / batches,
+        "nfe_per_example": row_nfe / len(examples),
         "seconds": seconds,
         "cpu_seconds": cpu,
         "seconds_per_batch": seconds / batches,
@@ -130,7 +134,8 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def plot_sampling(rows: list[dict], path: Path) -> Path | None:
-    """Accuracy against network calls, one panel per scored model, at the largest batch."""
+    """Accuracy against network calls per example (what decoding one at a time costs), one
+    panel per scored model, at the largest batch."""
     scored = sorted({r["model"] for r in rows if r["accuracy"] is not None})
     if not scored:
         return None
@@ -144,18 +149,19 @@ def plot_sampling(rows: list[dict], path: Path) -> Path | None:
             if not pts:
                 continue
             ax.scatter(
-                [r["nfe"] for r in pts],
+                [r["nfe_per_example"] for r in pts],
                 [100 * r["accuracy"] for r in pts],
                 marker=marker,
                 label=f"cache={cache}",
                 alpha=0.8,
             )
             for r in pts:
-                ax.annotate(r["decoder"], (r["nfe"], 100 * r["accuracy"]), fontsize=7)
-        front = pareto([(r["nfe"], 100 * r["accuracy"]) for r in mine if r["cache"] == "none"])
+                ax.annotate(r["decoder"], (r["nfe_per_example"], 100 * r["accuracy"]), fontsize=7)
+        uncached = [r for r in mine if r["cache"] == "none"]
+        front = pareto([(r["nfe_per_example"], 100 * r["accuracy"]) for r in uncached])
         if front:
             ax.plot(*zip(*front, strict=True), color="grey", lw=1, label="Pareto front (uncached)")
-        ax.set_xlabel(f"network calls per batch of {batch}")
+        ax.set_xlabel(f"network calls per example (batches of {batch})")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(name)
         ax.legend(fontsize=7)
@@ -226,7 +232,7 @@ def run_sampling_bench(
                         "task": task.name,
                         "decoder": label,
                         "policy": policy,
-                        **{key: options.get(key) for key in ("k", "threshold", "entropy_bound")},
+                        **{key: options.get(key) for key in NAMES.values()},
                         "cache": cache,
                         "refresh": refresh if cache == "dual" else None,
                         "batch_size": batch,
@@ -240,7 +246,8 @@ def run_sampling_bench(
                     acc = "" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}% "
                     print(
                         f"{name:<12} {label:<9} batch {batch:<4} cache {cache:<6} {acc}"
-                        f"NFE {row['nfe']:.1f}  {row['seconds']:.2f} s  "
+                        f"NFE {row['nfe']:.1f} ({row['nfe_per_example']:.1f} per example)  "
+                        f"{row['seconds']:.2f} s  "
                         f"{row['tokens_per_s']:.0f} tokens/s",
                         flush=True,
                     )

@@ -79,7 +79,8 @@ def add_policy_arguments(p: argparse.ArgumentParser, unit: str) -> None:
 
 
 def add_decoding_arguments(p: argparse.ArgumentParser, unit: str) -> None:
-    """:func:`add_policy_arguments`, ``--entropy-bound``, ``--cache`` and ``--refresh``."""
+    """:func:`add_policy_arguments`, ``--entropy-bound``, ``--entropy-sum``, ``--cache`` and
+    ``--refresh``."""
     add_policy_arguments(p, unit)
     p.add_argument(
         "--entropy-bound",
@@ -87,6 +88,13 @@ def add_decoding_arguments(p: argparse.ArgumentParser, unit: str) -> None:
         metavar="GAMMA",
         help=f"reveal, in the policy's order, the most {unit} whose summed entropy minus the "
         "largest one stays ≤ GAMMA nats (EB-sampler; not --k)",
+    )
+    p.add_argument(
+        "--entropy-sum",
+        type=A.positive_float,
+        metavar="GAMMA",
+        help=f"reveal, in the policy's order, the most {unit} whose summed entropy stays "
+        "≤ GAMMA nats, at least one (the rule for greedy decoding; not --k)",
     )
     add_cache_arguments(p)
 
@@ -104,20 +112,32 @@ def check_cache_option(model, args: argparse.Namespace) -> None:
 
 def decoding_options(args: argparse.Namespace) -> dict:
     """The sampler keywords the options ask for, checked (exit 2 on a bad value)."""
-    if args.threshold is not None and args.entropy_bound is not None:
-        raise PumaError("give --threshold or --entropy-bound, not both")
-    parallel = args.threshold is not None or args.entropy_bound is not None
+    rules = {
+        "--threshold": args.threshold,
+        "--entropy-bound": args.entropy_bound,
+        "--entropy-sum": args.entropy_sum,
+    }
+    given = [name for name, value in rules.items() if value is not None]
+    if len(given) > 1:
+        raise PumaError(f"give one of {', '.join(given)}, not several")
     options = {
         "policy": args.policy,
-        "k": None if parallel else args.k,
+        "k": None if given else args.k,
         "threshold": args.threshold,
         "entropy_bound": args.entropy_bound,
+        "entropy_sum": args.entropy_sum,
         "cache": args.cache,
         "refresh": args.refresh,
     }
     try:
         check_sampling_args(
-            args.policy, options["k"], None, args.threshold, 0.0, args.entropy_bound
+            args.policy,
+            options["k"],
+            None,
+            args.threshold,
+            0.0,
+            args.entropy_bound,
+            args.entropy_sum,
         )
     except ValueError as err:
         raise PumaError(str(err)) from None

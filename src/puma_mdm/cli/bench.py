@@ -438,8 +438,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="accuracy, network calls and wall-clock of every decoder, cached and uncached",
         description=(
             "Decode held-out examples of trained models with every decoder (k tokens per call, "
-            "a confidence threshold, an entropy bound) at several batch sizes, once per cache "
-            "kind each model can use (none; prefix for block and autoregressive models; dual "
+            "a confidence threshold, the entropy bound and sum) at several batch sizes, once per "
+            "cache kind each model can use (none; prefix for block and autoregressive models; dual "
             "for bidirectional ones); write sampling.json and sampling.png (accuracy against "
             "network calls)."
         ),
@@ -454,8 +454,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--decoders",
         type=A.list_of(str),
-        default="k=1,k=2,k=3,tau=0.9,eb=0.1,eb=0.3,eb=1",
-        help="comma-separated decoders: k=N tokens per call, tau=X threshold, eb=X entropy bound",
+        default="k=1,k=2,k=3,tau=0.9,eb=0.1,eb=0.3,eb=1,es=0.01,es=0.05",
+        help="comma-separated decoders: k=N tokens per call, tau=X threshold, eb=X entropy "
+        "bound (EB-sampler, Σ H − max H ≤ X), es=X entropy sum (Σ H ≤ X)",
     )
     p.add_argument(
         "--policy",

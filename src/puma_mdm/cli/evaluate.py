@@ -12,10 +12,15 @@ from puma_mdm.errors import PumaError
 from puma_mdm.sampling import POLICIES, check_sampling_args
 
 DEFAULT_ENTROPY_BOUNDS = "0.01,0.1"
+DEFAULT_ENTROPY_SUMS = "0.01,0.05"
 
 
 def check_table_options(
-    policies: list[str], ks: list[int], thresholds: list[float], bounds: list[float]
+    policies: list[str],
+    ks: list[int],
+    thresholds: list[float],
+    bounds: list[float],
+    sums: list[float] = (),
 ) -> None:
     """``puma eval``'s lists, each value checked before any model time is spent."""
     try:
@@ -27,6 +32,8 @@ def check_table_options(
             check_sampling_args("margin", None, None, threshold, 0.0)
         for gamma in bounds:
             check_sampling_args("margin", None, None, None, 0.0, gamma)
+        for gamma in sums:
+            check_sampling_args("margin", None, None, None, 0.0, None, gamma)
     except ValueError as err:
         raise PumaError(str(err)) from None
 
@@ -41,20 +48,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, task = load_trained(
         args.model, expect_task=args.task, trust_remote_code=args.trust_remote_code
     )
-    check_table_options(args.policies, args.ks, args.thresholds, args.entropy_bounds)
+    check_table_options(
+        args.policies, args.ks, args.thresholds, args.entropy_bounds, args.entropy_sums
+    )
     check_cache_option(model, args)
     precision = autocast_dtype("fp32" if args.fp32 else "auto", next(model.parameters()).device)
     examples = task.load_examples(args.data) if args.data else task.eval_examples()
     examples = examples[: args.n]
     kind = kind_of(model)
-    bounds = args.entropy_bounds
-    if not kind.entropy_bounded and bounds:  # e.g. digit-by-digit decoding
-        if bounds != A.list_of(A.positive_float)(DEFAULT_ENTROPY_BOUNDS):
-            raise PumaError(
-                "--entropy-bounds: MDM-Prime models are decoded digit by digit, without an "
-                "entropy-bounded rule; drop the option"
-            )
-        bounds = []
+    bounds, sums = args.entropy_bounds, args.entropy_sums
+    if not kind.entropy_bounded:  # e.g. digit-by-digit decoding
+        for option, given, default in (
+            ("--entropy-bounds", bounds, DEFAULT_ENTROPY_BOUNDS),
+            ("--entropy-sums", sums, DEFAULT_ENTROPY_SUMS),
+        ):
+            if given and given != A.list_of(A.positive_float)(default):
+                raise PumaError(
+                    f"{option}: MDM-Prime models are decoded digit by digit, without an "
+                    "entropy-bounded rule; drop the option"
+                )
+        bounds, sums = [], []
     report = kind.eval_report(
         model,
         task,
@@ -80,6 +93,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             autocast_dtype=precision,
             entropy_bounds=bounds,
+            entropy_sums=sums,
             cache=args.cache,
             refresh=args.refresh,
         )
@@ -123,9 +137,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="accuracy and NFE of every unmasking policy and rule",
         description=(
             "Decode the held-out set with every policy (random, top_prob, margin, entropy) and "
-            "k in {1,2,3}, plus threshold and entropy-bounded decoding; print a table and write "
-            "JSON (one row per setting: policy, k, threshold, entropy_bound, cache, accuracy, "
-            "nfe). Text-corpus "
+            "k in {1,2,3}, plus threshold and both entropy-bounded rules; print a table and "
+            "write JSON (one row per setting: policy, k, threshold, entropy_bound, entropy_sum, "
+            "cache, accuracy, nfe per batch, nfe_per_example). Text-corpus "
             "models: the NLL bound per token, perplexity and bits per byte instead."
         ),
     )
@@ -161,7 +175,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--entropy-bounds",
         type=A.list_of(A.positive_float, allow_empty=True),
         default=DEFAULT_ENTROPY_BOUNDS,
-        help="comma-separated entropy bounds γ (nats) of entropy-bounded decoding ('' for none)",
+        help="comma-separated bounds γ (nats) of the EB-sampler, Σ H − max H ≤ γ ('' for none)",
+    )
+    p.add_argument(
+        "--entropy-sums",
+        type=A.list_of(A.positive_float, allow_empty=True),
+        default=DEFAULT_ENTROPY_SUMS,
+        help="comma-separated bounds γ (nats) of the entropy-sum rule, Σ H ≤ γ ('' for none)",
     )
     add_cache_arguments(p)
     p.add_argument(

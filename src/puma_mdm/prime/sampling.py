@@ -37,12 +37,12 @@ from puma_mdm.sampling import POLICIES, SampleResult, check_sampling_args, choos
 @dataclass
 class PrimeSampleResult(SampleResult):
     """``tokens`` (B, L) decoded; ``digits`` (B, L, ℓ); ``nfe``: batched network calls;
-    ``row_nfe`` (B,): calls that included each row; ``idle`` (B,): steps in which the row
-    changed nothing; ``horizon`` (B,): the row's steps (``T`` under ``time_steps``); ``order``:
-    the step at which each token's last digit was revealed (−1 for given tokens)."""
+    ``row_nfe`` (B,): calls that included each row (as :class:`SampleResult`); ``idle`` (B,):
+    steps in which the row changed nothing; ``horizon`` (B,): the row's steps (``T`` under
+    ``time_steps``); ``order``: the step at which each token's last digit was revealed (−1 for
+    given tokens)."""
 
     digits: torch.Tensor | None = None
-    row_nfe: torch.Tensor | None = None
     idle: torch.Tensor | None = None
     horizon: torch.Tensor | None = None
 
