@@ -168,10 +168,22 @@ def test_merge_pools_seeds_and_refuses_conflicting_regimes(finished, tmp_path):
     assert {r["seeds"] for r in rows if r["regime"] == "k2"} == {1}
 
     clash = tmp_path / "clash"
-    grid = write_study(tmp_path / "clash.yaml", {"base": {"both": ["training.lr=2e-3"]}})
+    grid = write_study(
+        tmp_path / "clash.yaml", {"base": {"both": ["training.lr=2e-3"]}}, name="grid"
+    )
     run_study(grid, clash, seeds=[2], jobs=2)
     with pytest.raises(PumaError, match="other overrides"):
         write_summary([root / "out", clash], tmp_path / "merged2")
+    # under its own name the same regime name is another study's regime: both are kept
+    grid.write_text(grid.read_text().replace("name: grid", "name: longer"))
+    other_study = tmp_path / "longer"
+    run_study(grid, other_study, seeds=[0], jobs=2)
+    rows = write_summary([root / "out", other_study], tmp_path / "merged3")
+    assert {(r["study"], r["regime"], r["seeds"]) for r in rows} == {
+        ("grid", "base", 1),
+        ("grid", "k2", 1),
+        ("longer", "base", 1),
+    }
 
 
 def test_regime_rows_on_synthetic_curves():
@@ -188,7 +200,7 @@ def test_regime_rows_on_synthetic_curves():
             "puma": curve([(100, 0.5, 0.6), (200, 0.7, 0.8)]),
         }
     ]
-    half, ninety = regime_rows(regime, pairs, "cpu", {"standard": 200, "puma": 200})
+    half, ninety = regime_rows(regime, pairs, "cpu", {"standard": 200, "puma": 200}, "s")
     assert (half["steps_standard"], half["steps_puma"], half["speedup_steps"]) == (200, 100, 2.0)
     assert half["speedup_seconds"] == 2.0
     assert ninety["steps_standard"] is None and ninety["speedup_steps"] is None

@@ -412,14 +412,19 @@ def _median(values: list[float]) -> float | None:
 
 
 def regime_rows(
-    regime: Regime, curves: list[dict[str, list[dict]]], device: str, steps: dict[str, int]
+    regime: Regime,
+    curves: list[dict[str, list[dict]]],
+    device: str,
+    steps: dict[str, int],
+    study: str,
 ) -> list[dict]:
-    """Summary rows of one regime: ``curves`` holds one ``{"standard", "puma"}`` pair of
-    complete curves per seed."""
+    """Summary rows of one regime of ``study``: ``curves`` holds one ``{"standard", "puma"}``
+    pair of complete curves per seed."""
     rows = []
     for target in regime.targets:
         row = {
             "task": regime.task,
+            "study": study,
             "regime": regime.name,
             "config": regime.config,
             "overrides": {arm: regime.arm_overrides(arm) for arm in ("puma", "standard")},
@@ -461,21 +466,29 @@ def regime_rows(
     return rows
 
 
-def collect(out_dirs: Sequence[Path]) -> tuple[dict[str, Regime], dict, str]:
-    """Pool the complete (regime, seed) pairs of several study directories: regime → seed →
-    {arm: curve}. A regime present in two studies must have the same overrides there."""
-    regimes: dict[str, Regime] = {}
-    pooled: dict[str, dict[str, dict]] = {}
-    budgets: dict[str, dict[str, int]] = {}
-    device = None
+def collect(out_dirs: Sequence[Path]) -> tuple[dict[tuple[str, str], Regime], dict]:
+    """Pool the complete (regime, seed) pairs of several study directories: (study, regime) →
+    seed → {arm: curve}, and each study's device. Directories of one study pool their seeds (a
+    regime must have the same overrides in each); regimes of different studies stay apart,
+    even under one name."""
+    regimes: dict[tuple[str, str], Regime] = {}
+    commons: dict[str, tuple[str, ...]] = {}
+    pooled: dict[tuple[str, str], dict[str, dict]] = {}
+    budgets: dict[tuple[str, str], dict[str, int]] = {}
+    devices: dict[str, str] = {}
     for out_dir in out_dirs:
         record = read_study(Path(out_dir))
         study = _study_of(record)
-        device = device or study.device
+        devices[study.name] = study.device
+        if commons.setdefault(study.name, study.common) != study.common:
+            raise PumaError(
+                f"cannot merge {out_dir}: study {study.name!r} has other common overrides there"
+            )
         for regime in study.regimes:
             if regime.name not in record["cells"]:
                 continue
-            seen = regimes.setdefault(regime.name, regime)
+            name = (study.name, regime.name)
+            seen = regimes.setdefault(name, regime)
             if (seen.config, seen.arm_overrides("puma"), seen.arm_overrides("standard")) != (
                 regime.config,
                 regime.arm_overrides("puma"),
@@ -493,11 +506,11 @@ def collect(out_dirs: Sequence[Path]) -> tuple[dict[str, Regime], dict, str]:
                         break
                     pair[arm], steps[arm] = read_curve(run), cfg
                 else:
-                    if seed in pooled.get(regime.name, {}):
+                    if seed in pooled.get(name, {}):
                         raise PumaError(f"regime {regime.name!r} seed {seed} appears twice")
-                    pooled.setdefault(regime.name, {})[seed] = pair
-                    budgets[regime.name] = steps
-    return regimes, {"curves": pooled, "steps": budgets}, device or "cpu"
+                    pooled.setdefault(name, {})[seed] = pair
+                    budgets[name] = steps
+    return regimes, {"curves": pooled, "steps": budgets, "devices": devices}
 
 
 def yaml_steps(path: Path) -> int | None:
@@ -510,13 +523,14 @@ def yaml_steps(path: Path) -> int | None:
 def write_summary(out_dirs: Sequence[str | Path], out_dir: str | Path) -> list[dict]:
     """``summary.json`` (one row per task, regime and target, over the complete seeds) and
     ``speedup.png`` in ``out_dir``."""
-    regimes, pooled, device = collect([Path(d) for d in out_dirs])
+    regimes, pooled = collect([Path(d) for d in out_dirs])
     rows = []
     for name, regime in regimes.items():
         seeds = pooled["curves"].get(name)
         if seeds:
             pairs = [seeds[s] for s in sorted(seeds, key=int)]
-            rows += regime_rows(regime, pairs, device, pooled["steps"][name])
+            device = pooled["devices"][name[0]]
+            rows += regime_rows(regime, pairs, device, pooled["steps"][name], name[0])
     out_dir = Path(out_dir)
     write_json(out_dir / "summary.json", rows)  # type: ignore[arg-type]
     if rows:
@@ -525,17 +539,21 @@ def write_summary(out_dirs: Sequence[str | Path], out_dir: str | Path) -> list[d
     return rows
 
 
+def row_label(row: dict) -> str:
+    return f"{row['study']}/{row['regime']}"
+
+
 def format_rows(rows: list[dict]) -> str:
     def cell(value, spec):
         return "—" if value is None else format(value, spec)
 
     lines = [
-        f"{'regime':<28} {'seeds':>5} {'target':>6} | {'std':>6} {'puma':>6} {'×steps':>7} "
+        f"{'study/regime':<34} {'seeds':>5} {'target':>6} | {'std':>6} {'puma':>6} {'×steps':>7} "
         f"{'×time':>6} | {'final std':>9} {'puma':>6} {'puma tp':>7}"
     ]
     for r in rows:
         lines.append(
-            f"{r['task'] + '/' + r['regime']:<28} {r['seeds']:>5} {r['target']:>6.0%} | "
+            f"{row_label(r):<34} {r['seeds']:>5} {r['target']:>6.0%} | "
             f"{cell(r['steps_standard'], '.0f'):>6} {cell(r['steps_puma'], '.0f'):>6} "
             f"{cell(r['speedup_steps'], '.2f'):>7} {cell(r['speedup_seconds'], '.2f'):>6} | "
             f"{cell(r['final_accuracy_standard'], '.1%'):>9} "
@@ -548,7 +566,7 @@ def format_rows(rows: list[dict]) -> str:
 def plot_regimes(rows: list[dict], path: Path) -> None:
     """Speed-up in steps (standard ÷ PUMA, margin decoding) per regime and target; a regime
     where an arm missed the target shows no bar, only a marker at 0 naming who missed."""
-    labels = list(dict.fromkeys(f"{r['task']}/{r['regime']} ({r['seeds']})" for r in rows))
+    labels = list(dict.fromkeys(f"{row_label(r)} ({r['seeds']})" for r in rows))
     targets = sorted({r["target"] for r in rows})
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4.8))
     width = 0.8 / len(targets)
@@ -556,7 +574,7 @@ def plot_regimes(rows: list[dict], path: Path) -> None:
         xs, heights = [], []
         for i, label in enumerate(labels):
             for r in rows:
-                here = f"{r['task']}/{r['regime']} ({r['seeds']})" == label
+                here = f"{row_label(r)} ({r['seeds']})" == label
                 if here and r["target"] == target:
                     xs.append(i + (j - (len(targets) - 1) / 2) * width)
                     heights.append(r["speedup_steps"])
