@@ -236,3 +236,23 @@ def test_cached_step_functions_take_every_row_as_a_slice():
         a, b = DualCache(bidirectional, MASK, 2), DualCache(bidirectional, MASK, 2)
         for _ in range(2):  # a refresh, then a windowed call
             torch.testing.assert_close(a(y, slice(None)), b(y, rows))
+
+
+def test_kv_cache_writes_in_place_and_views_leave_it_unchanged():
+    from puma_mdm.model import KVCache
+
+    model = peaked(block_size=4)
+    x = prompts(rows=3).masked_fill(prompts(rows=3) == MASK, 1)
+    cache = KVCache(len(model.blocks), L)
+    with torch.no_grad():
+        model.encode(x[:, :8], slice(0, 8), model.attention_mask(8), cache=cache)
+        cache.commit(8)
+        keys = cache.layers[0].keys.clone()
+        for rows, length in ((None, 4), (torch.tensor([0, 2]), 8)):
+            view = cache.view(rows, length, 4)
+            ids = x[: 3 if rows is None else 2, :4]
+            model.encode(ids, slice(length, length + 4), None, cache=view)
+        assert torch.equal(cache.layers[0].keys[:, :, :8], keys[:, :, :8])
+        assert cache.layers[0].keys.shape[2] == L  # one buffer, sized once
+    with pytest.raises(ValueError, match="commit"):
+        cache.commit(1)

@@ -198,7 +198,8 @@ def rope_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x₁, x₂) of the two head-dim halves by the position angle. x: (B, H, L, d)."""
+    """Rotate pairs (x₁, x₂) of the two head-dim halves by the position angle. x: (B, L, H, d),
+    cos and sin broadcast to (B, L, H, d/2)."""
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -206,59 +207,83 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class LayerKV:
-    """One layer's cached keys and values ``past`` (each (B, H_kv, T, d), after RoPE) and the
-    ``fresh`` ones of the positions just forwarded (set by the layer). With ``scatter`` (B, W),
-    the fresh entries replace the past ones at those positions instead of following them."""
+    """One layer's keys and values in buffers (each (B, H_kv, capacity, d), after RoPE):
+    positions ``< length`` are cached; a forward writes its ``fresh`` ones right after them, in
+    place, so a step neither copies the cache nor concatenates to it. With ``scatter`` (B, W),
+    the fresh entries replace the cached ones at those positions instead (in a copy)."""
 
-    past: tuple[torch.Tensor, torch.Tensor] | None = None
-    fresh: tuple[torch.Tensor, torch.Tensor] | None = None
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    capacity: int = 0
+    length: int = 0
+    fresh: int = 0
     scatter: torch.Tensor | None = None
 
     def keys_values(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All keys and values the new positions attend to."""
-        self.fresh = (k, v)
-        if self.past is None:
+        if self.scatter is not None:
+            pk, pv = self.keys[:, :, : self.length], self.values[:, :, : self.length]
+            index = self.scatter[:, None, :, None].expand(-1, pk.shape[1], -1, pk.shape[3])
+            return pk.scatter(2, index, k), pv.scatter(2, index, v)
+        end = self.length + k.shape[2]
+        if self.keys is None or self.keys.shape[2] < end:
+            self.reserve(k, max(end, self.capacity))
+        self.keys[:, :, self.length : end] = k
+        self.values[:, :, self.length : end] = v
+        self.fresh = k.shape[2]
+        if not self.length:
             return k, v
-        pk, pv = self.past
-        if self.scatter is None:
-            return torch.cat((pk, k), dim=2), torch.cat((pv, v), dim=2)
-        index = self.scatter[:, None, :, None].expand(-1, pk.shape[1], -1, pk.shape[3])
-        return pk.scatter(2, index, k), pv.scatter(2, index, v)
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def reserve(self, like: torch.Tensor, size: int) -> None:
+        """Grow the buffers (shaped as ``like`` but ``size`` positions) to hold ``size``."""
+        shape = (*like.shape[:2], size, like.shape[3])
+        keys, values = like.new_empty(shape), like.new_empty(shape)
+        if self.length:
+            keys[:, :, : self.length] = self.keys[:, :, : self.length]
+            values[:, :, : self.length] = self.values[:, :, : self.length]
+        self.keys, self.values = keys, values
 
 
 class KVCache:
-    """Per-layer keys and values of positions ``0..length−1`` of every row of a batch."""
+    """Per-layer keys and values of positions ``0..length−1`` of every row of a batch, in
+    buffers of ``capacity`` positions (grown when a forward needs more)."""
 
-    def __init__(self, n_layers: int) -> None:
-        self.layers = [LayerKV() for _ in range(n_layers)]
+    def __init__(self, n_layers: int, capacity: int = 0) -> None:
+        self.layers = [LayerKV(capacity=capacity) for _ in range(n_layers)]
 
     @property
     def length(self) -> int:
-        past = self.layers[0].past
-        return 0 if past is None else past[0].shape[2]
+        return self.layers[0].length
 
-    def view(self, rows: torch.Tensor | None = None, length: int | None = None) -> KVCache:
-        """A cache over ``rows`` (all when None) and the first ``length`` positions, sharing
-        nothing that a forward through it could change."""
+    def view(
+        self, rows: torch.Tensor | None = None, length: int | None = None, room: int = 0
+    ) -> KVCache:
+        """A cache over ``rows`` (all when None) and the first ``length`` positions (all when
+        None) that a forward through it cannot change: it shares the buffers when its fresh
+        entries go after every cached position, and otherwise copies the cached positions with
+        ``room`` for that many fresh ones."""
         out = KVCache(len(self.layers))
         for mine, theirs in zip(out.layers, self.layers, strict=True):
-            if theirs.past is not None:
-                k, v = (t[:, :, :length] for t in theirs.past)
-                mine.past = (k, v) if rows is None else (k[rows], v[rows])
+            if theirs.keys is None:
+                continue
+            mine.length = theirs.length if length is None else length
+            mine.keys, mine.values = theirs.keys, theirs.values
+            if rows is not None or mine.length < theirs.length:
+                end = mine.length + room
+                mine.keys, mine.values = (  # index_select: several times faster than t[rows]
+                    t[:, :, :end].clone() if rows is None else t[:, :, :end].index_select(0, rows)
+                    for t in (theirs.keys, theirs.values)
+                )
         return out
 
     def commit(self, n: int) -> None:
-        """Append the first ``n`` fresh positions of the last forward to the cache."""
+        """Keep the first ``n`` fresh positions of the last forward in the cache."""
         for layer in self.layers:
-            k, v = (t[:, :, :n] for t in layer.fresh)
-            layer.past = (
-                (k, v)
-                if layer.past is None
-                else tuple(
-                    torch.cat((p, f), dim=2) for p, f in zip(layer.past, (k, v), strict=True)
-                )
-            )
-            layer.fresh = None
+            if n > layer.fresh:
+                raise ValueError(f"cannot commit {n} positions: the last forward had {layer.fresh}")
+            layer.length += n
+            layer.fresh = 0
 
 
 class Attention(nn.Module):
@@ -279,15 +304,12 @@ class Attention(nn.Module):
         kv: LayerKV | None = None,
     ) -> torch.Tensor:
         B, L, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim],
-            dim=-1,
-        )
-        q = q.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
-        v = v.view(B, L, self.n_kv, self.head_dim).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qkv = self.qkv(x).view(B, L, self.n_heads + 2 * self.n_kv, self.head_dim)
+        qk, v = qkv.split([self.n_heads + self.n_kv, self.n_kv], dim=2)
+        if rope is not None:  # queries and keys rotated in one go
+            qk = apply_rope(qk, *rope)
+        q, k = qk.transpose(1, 2).split([self.n_heads, self.n_kv], dim=1)
+        v = v.transpose(1, 2)
         if kv is not None:
             k, v = kv.keys_values(k, v)
         if self.n_kv != self.n_heads:
@@ -449,9 +471,8 @@ class Transformer(nn.Module):
         x = self.drop(x)
         rope = None
         if self.cfg.rope:
-            rope = (self.rope_cos[positions], self.rope_sin[positions])
-            if isinstance(positions, torch.Tensor) and positions.dim() == 2:
-                rope = tuple(t.unsqueeze(1) for t in rope)  # (B, 1, L, d/2): per row, all heads
+            # (L, 1, d/2) or, per row, (B, L, 1, d/2): the same angle for every head
+            rope = (self.rope_cos[positions].unsqueeze(-2), self.rope_sin[positions].unsqueeze(-2))
         layers = [None] * len(self.blocks) if cache is None else cache.layers
         for block, kv in zip(self.blocks, layers, strict=True):
             x = block(x, rope, attn_mask, causal, kv)

@@ -125,6 +125,19 @@ def check_sampling_args(
 CACHES = ("auto", "none", "prefix", "dual")  # ``auto`` is resolved per model kind (kinds.py)
 
 
+def keep_casts(device_type: str) -> torch.autocast:
+    """A region around a whole decode that leaves the autocast state as it is. Autocast keeps
+    its bf16/fp16 copies of the weights only while some region is open; without this one each
+    step's own region would cast every weight again (at batch 1, a fifth of a small model's
+    cached call)."""
+    return torch.autocast(
+        device_type,
+        dtype=torch.get_autocast_dtype(device_type),
+        enabled=torch.is_autocast_enabled(device_type),
+        cache_enabled=torch.is_autocast_cache_enabled(),
+    )
+
+
 def choose_values(
     log_probs: torch.Tensor, temperature: float, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -234,7 +247,10 @@ def denoise(
         most = int(masked.sum(1).max()) if x.numel() else 0  # the one sync, before the loop
         calls = -(-most // decoding.k) if decoding.steps is None else min(decoding.steps, most)
     while nfe < calls if fixed else bool(masked.any()):
-        active = slice(None) if fixed else masked.any(1).nonzero().flatten()
+        pending = masked.any(1)
+        # every row as a slice: the reads and writes below are then views, not copies
+        every = fixed or bool(pending.all())
+        active = slice(None) if every else pending.nonzero().flatten()
         with torch.autocast(
             x.device.type,
             dtype=decoding.autocast_dtype,
@@ -248,7 +264,7 @@ def denoise(
                 "models: model.mask_id, the vocabulary size)"
             )
         if row_nfe is not None:
-            row_nfe += masked.any(1)
+            row_nfe += pending
         still = masked[active]
         reveal, values = decoding.reveal(logits.float().log_softmax(-1), still, nfe)
         x[active] = torch.where(reveal, values, x[active])
@@ -299,13 +315,16 @@ def sample(
     )
     if x_t.dim() != 2:
         raise ValueError(f"x_t must be (batch, length), got shape {tuple(x_t.shape)}")
-    if block_size:
-        return sample_blocks(model, x_t, mask_id, block_size, eos_id, record_order, decoding, cache)
-    x = x_t.clone()
-    order = torch.full_like(x, -1) if record_order else None
-    step_logits = DualCache(model, mask_id, refresh) if cache == "dual" else _full(model)
-    row_nfe = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    nfe = denoise(step_logits, x, mask_id, decoding, order, row_nfe=row_nfe)
+    with keep_casts(x_t.device.type):
+        if block_size:
+            return sample_blocks(
+                model, x_t, mask_id, block_size, eos_id, record_order, decoding, cache
+            )
+        x = x_t.clone()
+        order = torch.full_like(x, -1) if record_order else None
+        step_logits = DualCache(model, mask_id, refresh) if cache == "dual" else _full(model)
+        row_nfe = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        nfe = denoise(step_logits, x, mask_id, decoding, order, row_nfe=row_nfe)
     return SampleResult(tokens=x, nfe=nfe, order=order, cache=cache, row_nfe=row_nfe)
 
 
@@ -374,33 +393,47 @@ class PrefixCache:
 
     def __init__(self, model: Transformer, x: torch.Tensor) -> None:
         self.model, self.x = model, x
-        self.cache = KVCache(len(model.blocks))
+        self.cache = KVCache(len(model.blocks), x.shape[1])
         self.shift = model.cfg.shift
         self.mask = model.attention_mask(x.shape[1], x.device)
 
-    def _logits(self, ids: torch.Tensor, first: int, cache: KVCache) -> torch.Tensor:
+    def _logits(
+        self, ids: torch.Tensor, first: int, cache: KVCache, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """Unshifted logits of ``ids`` at positions ``first..``, attending to ``cache`` first."""
-        last = first + ids.shape[1]
-        positions = torch.arange(first, last, device=ids.device)
-        return self.model.encode(ids, positions, self.mask[first:last, :last], cache=cache)
+        positions = slice(first, first + ids.shape[1])
+        return self.model.encode(ids, positions, mask, cache=cache)
+
+    def _mask(self, first: int, last: int) -> torch.Tensor | None:
+        """The attention of positions ``[first, last)`` to ``[0, last)``; None where they see
+        all of it (a whole block, or one position of a causal model): no mask to build."""
+        mask = self.mask[first:last, :last]
+        return None if bool(mask.all()) else mask
 
     def block(self, start: int, end: int) -> StepLogits:
         lo, hi = (start - 1, end - 1) if self.shift else (start, end)
         width = end - start
+        step_mask = self._mask(max(lo, 0), hi)
 
         def step_logits(block: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
             c = self.cache.length
             if c < start:  # a new block: encode the finished positions [c, start) once
-                raw = self._logits(self.x[:, c:hi], c, self.cache)
+                raw = self._logits(self.x[:, c:hi], c, self.cache, self._mask(c, hi))
                 self.cache.commit(start - c)
                 raw = raw[active]
                 first = c
             else:
                 every = isinstance(active, slice) or len(active) == len(self.x)
-                rows = None if every else active
-                view = self.cache.view(rows, max(lo, 0))
                 first = max(lo, 0)
-                raw = self._logits(self.x[active, first:hi], first, view)
+                # every row after the whole cache: the fresh entries go past the cached ones,
+                # which a forward through the cache itself leaves as they are
+                same = every and first == c
+                view = (
+                    self.cache
+                    if same
+                    else self.cache.view(None if every else active, first, hi - first)
+                )
+                raw = self._logits(self.x[active, first:hi], first, view, step_mask)
             if lo < 0:  # a shifted model's position 0 has no predecessor: uniform logits
                 raw = torch.cat((torch.zeros_like(raw[:, :1]), raw), dim=1)
                 first = -1
@@ -439,10 +472,14 @@ class DualCache:
         self.calls += 1
         if (self.calls - 1) % self.refresh == 0:
             return self._refresh(ids, active, self.mask_id)
-        every = isinstance(active, slice)  # the GPU's fixed-length loop: all rows, always
-        sel = active if every else torch.searchsorted(self.rows, active)
+        if isinstance(active, slice):  # every row (so every row was active at the refresh)
+            sel, rows = active, None
+        else:
+            every = isinstance(self.rows, slice)
+            sel = active if every else torch.searchsorted(self.rows, active)
+            rows = None if len(sel) == len(self.window) else sel
         window = self.window[sel]
-        view = self.cache.view(None if every or len(sel) == len(self.rows) else sel)
+        view = self.cache.view(rows)
         for layer in view.layers:
             layer.scatter = window
         raw = self.model.encode(ids.gather(1, window), window, None, cache=view)
