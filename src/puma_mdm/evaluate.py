@@ -10,6 +10,7 @@ import torch
 
 from puma_mdm.kinds import kind_of, sample
 from puma_mdm.modes import evaluating
+from puma_mdm.sampling import is_adaptive
 from puma_mdm.tasks.base import Examples, Task
 
 
@@ -35,7 +36,7 @@ def evaluate(
     rules, where a batch runs until its slowest row is done), the count and the cache used
     (``auto`` resolved). ``k`` applies when no adaptive rule (``threshold``, ``entropy_bound``,
     ``entropy_sum``) is given; ``cache`` and ``refresh`` are :func:`~puma_mdm.sampling.sample`'s."""
-    adaptive = any(v is not None for v in (threshold, entropy_bound, entropy_sum))
+    adaptive = is_adaptive(threshold, entropy_bound, entropy_sum)
     with evaluating(model):
         device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(seed)

@@ -15,7 +15,7 @@ import torch
 
 from puma_mdm.errors import PumaError
 from puma_mdm.kinds import sample
-from puma_mdm.sampling import check_sampling_args
+from puma_mdm.sampling import check_sampling_args, is_adaptive
 from puma_mdm.tasks.tokenized import TokenizedTask
 
 
@@ -74,7 +74,7 @@ def generate(
     """``n`` completions of ``prompt`` (unconditional text when None), ``length`` tokens each
     (default: up to the model's sequence length); ``entropy_bound``, ``entropy_sum``, ``cache``
     and ``refresh`` as in :func:`~puma_mdm.kinds.sample`."""
-    parallel = any(v is not None for v in (threshold, entropy_bound, entropy_sum))
+    parallel = is_adaptive(threshold, entropy_bound, entropy_sum)
     try:
         check_sampling_args(
             policy,

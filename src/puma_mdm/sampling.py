@@ -122,6 +122,14 @@ def check_sampling_args(
         raise ValueError(f"temperature must be ≥ 0, got {temperature}")
 
 
+def is_adaptive(
+    threshold: float | None, entropy_bound: float | None, entropy_sum: float | None
+) -> bool:
+    """Whether one of the rules whose count per step depends on the model is given (then
+    ``k`` is not used)."""
+    return any(v is not None for v in (threshold, entropy_bound, entropy_sum))
+
+
 CACHES = ("auto", "none", "prefix", "dual")  # ``auto`` is resolved per model kind (kinds.py)
 
 
@@ -198,7 +206,7 @@ class Decoding:
     @property
     def adaptive(self) -> bool:
         """Whether the number revealed per step depends on the model's outputs."""
-        return any(v is not None for v in (self.threshold, self.entropy_bound, self.entropy_sum))
+        return is_adaptive(self.threshold, self.entropy_bound, self.entropy_sum)
 
     def reveal(self, log_probs: torch.Tensor, still: torch.Tensor, step: int):
         """(positions to reveal (A, L), their values (A, L)) for one step."""

@@ -10,6 +10,7 @@ import torch
 
 from puma_mdm.errors import PumaError
 from puma_mdm.kinds import sample
+from puma_mdm.sampling import is_adaptive
 from puma_mdm.tasks.sudoku import SudokuTask
 from puma_mdm.tasks.sudoku_formats import parse_grid, read_puzzles
 from puma_mdm.tasks.sudoku_puzzles import SudokuError, check_clues, count_solutions, explain
@@ -63,8 +64,7 @@ def solve_with_model(
     (``entropy_bound``, ``entropy_sum``, ``cache``, ``refresh``). Each solution's ``nfe`` is
     the network calls its puzzle needed."""
     examples = task.encode(puzzles)
-    rules = (threshold, options.get("entropy_bound"), options.get("entropy_sum"))
-    parallel = any(v is not None for v in rules)
+    parallel = is_adaptive(threshold, options.get("entropy_bound"), options.get("entropy_sum"))
     result = sample(
         model,
         task.masked_inputs(examples),
