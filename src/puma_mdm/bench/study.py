@@ -472,7 +472,6 @@ def collect(out_dirs: Sequence[Path]) -> tuple[dict[tuple[str, str], Regime], di
     regime must have the same overrides in each); regimes of different studies stay apart,
     even under one name."""
     regimes: dict[tuple[str, str], Regime] = {}
-    commons: dict[str, tuple[str, ...]] = {}
     pooled: dict[tuple[str, str], dict[str, dict]] = {}
     budgets: dict[tuple[str, str], dict[str, int]] = {}
     devices: dict[str, str] = {}
@@ -480,10 +479,6 @@ def collect(out_dirs: Sequence[Path]) -> tuple[dict[tuple[str, str], Regime], di
         record = read_study(Path(out_dir))
         study = _study_of(record)
         devices[study.name] = study.device
-        if commons.setdefault(study.name, study.common) != study.common:
-            raise PumaError(
-                f"cannot merge {out_dir}: study {study.name!r} has other common overrides there"
-            )
         for regime in study.regimes:
             if regime.name not in record["cells"]:
                 continue
