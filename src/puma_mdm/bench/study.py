@@ -516,7 +516,7 @@ def yaml_steps(path: Path) -> int | None:
 
 
 def write_summary(out_dirs: Sequence[str | Path], out_dir: str | Path) -> list[dict]:
-    """``summary.json`` (one row per task, regime and target, over the complete seeds) and
+    """``summary.json`` (one row per study, regime and target, over the complete seeds) and
     ``speedup.png`` in ``out_dir``."""
     regimes, pooled = collect([Path(d) for d in out_dirs])
     rows = []
