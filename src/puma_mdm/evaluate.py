@@ -61,8 +61,7 @@ def evaluate(
             )
             correct += int(task.correct(result.tokens, chunk).sum())
             nfe += result.nfe
-            rows = result.row_nfe
-            row_nfe += result.nfe * len(chunk) if rows is None else int(rows.sum())
+            row_nfe += int(result.row_nfe.sum())
             batches += 1
             used = result.cache
     return {
