@@ -127,3 +127,22 @@ def test_eval_table_has_entropy_bounded_rows_beside_k(tmp_path, capsys):
 def test_bench_sampling_module_errors_are_puma_errors(tmp_path):
     with pytest.raises(PumaError, match="precision"):
         run_sampling_bench(["a=b"], ["k=1"], [1], 1, 1, tmp_path, precision="fp8")
+
+
+def test_each_batch_is_decoded_once_untimed_before_it_is_timed(tmp_path, monkeypatch):
+    import puma_mdm.bench.sampling as bench
+
+    seen = []
+
+    def counting(model, x_t, *args, **kwargs):
+        seen.append(x_t.shape[0])
+        return bench_sample(model, x_t, *args, **kwargs)
+
+    bench_sample = bench.sample
+    monkeypatch.setattr(bench, "sample", counting)
+    timed = []
+    real_clock = bench.time.perf_counter
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: timed.append(len(seen)) or real_clock())
+    run_sampling_bench([saved(tmp_path, "mdm")], ["k=1"], [3], 7, 1, tmp_path, caches=("none",))
+    assert seen == [3, 3, 1] * 2  # 7 examples in batches of 3: all once, then all timed
+    assert timed[:6] == [3, 4, 4, 5, 5, 6]  # each clock pair brackets one timed call

@@ -1,5 +1,5 @@
-"""``puma bench speedup | throughput | prime | blocks | sampling``: argument parsing; the work
-is in bench/: speedup.py, throughput.py, prime.py, blocks.py and sampling.py."""
+"""``puma bench speedup | throughput | prime | blocks | sampling | calls``: argument parsing; the
+work is in bench/: speedup.py, throughput.py, prime.py, blocks.py, sampling.py and calls.py."""
 
 from __future__ import annotations
 
@@ -177,8 +177,28 @@ def cmd_sampling(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calls(args: argparse.Namespace) -> int:
+    from puma_mdm.bench.calls import run_calls_bench
+
+    if not args.model:
+        raise PumaError("give --model NAME=DIR: a block-diffusion or autoregressive model")
+    run_calls_bench(
+        args.model,
+        widths=args.widths,
+        seq_lens=args.seq_lens,
+        batch_sizes=args.batch_sizes,
+        out_dir=args.out_dir,
+        repeats=args.repeats,
+        every=args.every,
+        precision=args.precision,
+        threads=args.threads,
+    )
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``, ``sampling``) to the
+    """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``, ``sampling``,
+    ``calls``) to the
     ``puma`` command's sub-parsers; each sub-command sets ``func``."""
     from puma_mdm.bench.common import AUTOCASTS
     from puma_mdm.bench.throughput import SIZES, STRATEGIES
@@ -195,7 +215,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         dest="benchmark",
         required=True,
         metavar="BENCHMARK",
-        help="speedup, throughput, prime, blocks or sampling",
+        help="speedup, throughput, prime, blocks, sampling or calls",
     )
 
     p = benchmarks.add_parser(
@@ -507,3 +527,65 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="where results are written",
     )
     p.set_defaults(func=cmd_sampling)
+
+    p = benchmarks.add_parser(
+        "calls",
+        help="the cost of one network call against the positions it forwards, with and without "
+        "the prefix cache",
+        description=(
+            "Time an uncached call (the whole prefix) against a cached one (the current block) at "
+            "every block end of block-diffusion and autoregressive models; fit the fixed cost "
+            "and the cost per position of a call; write calls.json and calls.png."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=DIR",
+        help="a trained block-diffusion or autoregressive model and its label; repeat for several",
+    )
+    p.add_argument(
+        "--widths",
+        type=A.list_of(A.positive_int, allow_empty=True),
+        default="",
+        help="comma-separated widths (dim) of randomly initialised copies of each model to time "
+        "as well",
+    )
+    p.add_argument(
+        "--seq-lens",
+        type=A.list_of(A.positive_int, allow_empty=True),
+        default="",
+        help="comma-separated sequence lengths of randomly initialised copies (with --widths: "
+        "every pair)",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=A.list_of(A.positive_int),
+        default="1,64",
+        help="comma-separated batch sizes",
+    )
+    p.add_argument(
+        "--repeats", type=A.positive_int, default=15, help="timed call pairs per block end"
+    )
+    p.add_argument(
+        "--every",
+        type=A.positive_int,
+        default=16,
+        help="for autoregressive models: time every N-th position",
+    )
+    p.add_argument(
+        "--precision", type=A.one_of(AUTOCASTS), default="bf16", help="fp32 or bf16 (autocast)"
+    )
+    p.add_argument(
+        "--threads",
+        type=A.nonnegative_int,
+        default=0,
+        help="torch threads (0: torch's default)",
+    )
+    p.add_argument(
+        "--out-dir",
+        type=A.output_dir,
+        default="runs/bench-calls",
+        help="where calls.json and calls.png are written",
+    )
+    p.set_defaults(func=cmd_calls)
