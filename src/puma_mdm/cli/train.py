@@ -46,6 +46,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite)
         metrics = trainer.train()
+        # every rank done with its last collective before any leaves: a rank that tears its
+        # gloo connections down while a peer still reads them aborts that peer. Not on errors,
+        # where a peer may never arrive.
+        trainer.dist.barrier()
     finally:
         shutdown()  # leave the torchrun process group, if any
     if trainer.dist.is_main:
