@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-from tests.bench.test_bench_sampling import saved
 
 from puma_mdm.bench.calls import block_ends, run_calls_bench, summarise, variants
 from puma_mdm.cli import main
 from puma_mdm.errors import PumaError
 from puma_mdm.model import ModelConfig, Transformer
+from sort_models import saved
 
 
 def test_calls_bench_times_every_block_end_of_every_variant(tmp_path):

@@ -4,32 +4,13 @@
 import json
 
 import pytest
-import torch
 
 from puma_mdm.bench.sampling import pareto, run_sampling_bench
 from puma_mdm.cli import main
 from puma_mdm.errors import PumaError
-from puma_mdm.files import write_json
-from puma_mdm.model import ModelConfig, Transformer
-from puma_mdm.tasks import build_task
+from sort_models import saved
 
-SORT = {"length": 4, "n_train": 50, "n_eval": 16}
 PUZZLE = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
-
-
-def saved(tmp_path, name: str, **kind) -> str:
-    task = build_task("sort", SORT)
-    torch.manual_seed(0)
-    model = Transformer(
-        ModelConfig(vocab_size=task.vocab_size, seq_len=task.seq_len, dim=16, n_layers=1, **kind)
-    )
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.5)
-    model.save_pretrained(tmp_path / name)
-    write_json(tmp_path / name / "task.json", {"name": "sort", "options": SORT})
-    return f"{name}={tmp_path / name}"
 
 
 def test_sampling_bench_runs_every_usable_cache_and_writes_json_and_png(tmp_path):
