@@ -389,6 +389,14 @@ def _prefix_forward(model, x: torch.Tensor, start: int, end: int) -> StepLogits:
     return lambda block, active: model(x[active, :end])[:, start:]
 
 
+def visible(pattern: torch.Tensor, first: int, last: int) -> torch.Tensor | None:
+    """The attention of positions ``[first, last)`` to ``[0, last)`` in ``pattern`` (L, L); None
+    where they see all of it (a whole block, or one position of a causal model): no mask to
+    build."""
+    mask = pattern[first:last, :last]
+    return None if bool(mask.all()) else mask
+
+
 class PrefixCache:
     """Exact key-value caching for block-causal and causal puma models.
 
@@ -412,21 +420,15 @@ class PrefixCache:
         positions = slice(first, first + ids.shape[1])
         return self.model.encode(ids, positions, mask, cache=cache)
 
-    def _mask(self, first: int, last: int) -> torch.Tensor | None:
-        """The attention of positions ``[first, last)`` to ``[0, last)``; None where they see
-        all of it (a whole block, or one position of a causal model): no mask to build."""
-        mask = self.mask[first:last, :last]
-        return None if bool(mask.all()) else mask
-
     def block(self, start: int, end: int) -> StepLogits:
         lo, hi = (start - 1, end - 1) if self.shift else (start, end)
         width = end - start
-        step_mask = self._mask(max(lo, 0), hi)
+        step_mask = visible(self.mask, max(lo, 0), hi)
 
         def step_logits(block: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
             c = self.cache.length
             if c < start:  # a new block: encode the finished positions [c, start) once
-                raw = self._logits(self.x[:, c:hi], c, self.cache, self._mask(c, hi))
+                raw = self._logits(self.x[:, c:hi], c, self.cache, visible(self.mask, c, hi))
                 self.cache.commit(start - c)
                 raw = raw[active]
                 first = c

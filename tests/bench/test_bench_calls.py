@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from puma_mdm.bench.calls import block_ends, run_calls_bench, summarise, variants
+from puma_mdm.bench.calls import block_ends, cached_step, run_calls_bench, summarise, variants
 from puma_mdm.cli import main
 from puma_mdm.errors import PumaError
-from puma_mdm.model import ModelConfig, Transformer
+from puma_mdm.model import KVCache, ModelConfig, Transformer
 from sort_models import saved
 
 
@@ -87,3 +87,20 @@ def test_calls_bench_refuses_models_without_an_exact_cache(tmp_path, capsys):
     assert code == 2 and "no exact prefix cache" in err and len(err.strip().splitlines()) == 1
     assert main(["bench", "calls", "--out-dir", str(tmp_path / "o")]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", [{"block_size": 4}, {"causal": True, "shift": True}])
+def test_the_timed_cached_call_gives_the_uncached_logits(kind):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=7, seq_len=12, dim=16, n_layers=2, **kind)).eval()
+    x = torch.randint(0, 7, (3, 12))
+    width, ends = block_ends(model.cfg, 3)
+    cache = KVCache(len(model.blocks), 12)
+    with torch.no_grad():
+        for end in ends:
+            step = cached_step(model, x, cache, end, width)
+            for _ in range(2):  # repeatable: a timed call commits nothing
+                got = step()
+            want = model(x[:, :end])[:, end - width :]
+            assert torch.allclose(got, want, atol=1e-5), end
+            assert cache.length == end - width - model.cfg.shift

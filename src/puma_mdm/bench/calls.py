@@ -7,12 +7,12 @@ once per step. Uncached, a call forwards the whole prefix ``x[:, :e]``; cached, 
 (:class:`~puma_mdm.sampling.PrefixCache`). For every block end ``e`` (every ``--every``-th
 position for an ARM, and the smallest end, where the uncached call forwards ``w`` positions, or
 2 for an ARM) both calls are timed on the same random tokens, alternating, and their medians
-kept. A cached call cannot cost less than an uncached call over ``w`` positions, the *floor*
-(it also attends to the prefix); so the cache speeds a call up by at most
-``uncached(e) / floor``. Where the floor is the fixed cost of a call (operator dispatch and the
-set-up of small matrix products, small networks at batch 1) or reading the weights (wider
-networks at batch 1), that bound is small; where the cost grows with the positions (large
-batches), it approaches ``e / w``. ``decode_ratio`` = Σₑ uncached(e) / Σₑ cached(e) is the
+kept. A cached call costs about as much as an uncached call over ``w`` positions, the *floor*,
+or more (it also attends to the prefix); so the cache speeds a call up by at most about
+``uncached(e) / floor``. Where the floor is most of a call (operator dispatch and the set-up of
+small matrix products: small networks at batch 1; the weights of wider ones), that bound is
+small; where the cost grows with the positions (large batches, long sequences), it approaches
+``e / w``. ``decode_ratio`` = Σₑ uncached(e) / Σₑ cached(e) is the
 speed-up a k = 1 decode of the whole sequence would get if nothing but the network calls cost
 time, ``decode_ceiling`` the same with every cached call at the floor. ``--widths`` and
 ``--seq-lens`` add randomly initialised copies of each model at other widths and sequence
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,11 +34,11 @@ from puma_mdm.bench.sampling import parse_model
 from puma_mdm.errors import PumaError
 from puma_mdm.files import write_json
 from puma_mdm.kinds import kind_of
-from puma_mdm.model import ModelConfig, Transformer
+from puma_mdm.model import KVCache, ModelConfig, Transformer
 from puma_mdm.modes import evaluating
 from puma_mdm.plots import plt, save_figure
 from puma_mdm.pretrained import load_trained
-from puma_mdm.sampling import PrefixCache, keep_casts
+from puma_mdm.sampling import keep_casts, visible
 
 WARMUP = 5  # untimed calls of each kind per block end (allocator, oneDNN kernels, caches)
 
@@ -59,6 +60,26 @@ def block_ends(cfg: ModelConfig, every: int) -> tuple[int, list[int]]:
     return width, sorted({first, *range(step, cfg.seq_len + 1, step)} - {0})
 
 
+def cached_step(
+    model: Transformer, x: torch.Tensor, cache: KVCache, end: int, width: int
+) -> Callable[[], torch.Tensor]:
+    """The cached call of a decoding step of the block that ends at ``end``, as
+    :class:`~puma_mdm.sampling.PrefixCache` makes it: the ``width`` positions that end there
+    (at ``end − 1`` for a shifted model, whose logits of position ``i`` come from ``i − 1``)
+    forwarded against the keys and values of every position before them. Those are added to
+    ``cache`` now (it must hold no position at or past them); the call itself commits nothing,
+    so it can be repeated."""
+    pattern = model.attention_mask(x.shape[1], x.device)
+    last = end - 1 if model.cfg.shift else end
+    first, done = last - width, cache.length
+    if done < first:  # what a block's first call caches
+        fill = visible(pattern, done, first)
+        model.encode(x[:, done:first], slice(done, first), fill, cache=cache)
+        cache.commit(first - done)
+    mask = visible(pattern, first, last)
+    return lambda: model.encode(x[:, first:last], slice(first, last), mask, cache=cache)
+
+
 @torch.no_grad()
 def time_calls(
     model: Transformer,
@@ -68,35 +89,30 @@ def time_calls(
     every: int,
     seed: int = 0,
 ) -> list[dict]:
-    """One row per block end: the median seconds of an uncached and a cached call."""
+    """One row per block end: the median seconds of an uncached call (the prefix) and a cached
+    one (:func:`cached_step`)."""
     cfg = model.cfg
     device = next(model.parameters()).device
     width, ends = block_ends(cfg, every)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len), generator=generator).to(device)
-    every_row = slice(None)
     rows = []
     with (
         evaluating(model),
         keep_casts(device.type),
         torch.autocast(device.type, dtype=dtype, enabled=dtype is not None),
     ):
-        prefix = PrefixCache(model, x)
+        cache = KVCache(len(model.blocks), cfg.seq_len)
         for end in ends:
-            start = end - width
-            cached = prefix.block(start, end)
-            cached(x[:, start:end], every_row)  # the block's first call fills the cache
 
             def uncached(end=end):
                 return model(x[:, :end])
 
-            def step(cached=cached, start=start, end=end):
-                return cached(x[:, start:end], every_row)
-
+            cached = cached_step(model, x, cache, end, width)
             for _ in range(WARMUP):
-                for call in (uncached, step):
+                for call in (uncached, cached):
                     call()
-            pairs = [(seconds(uncached, device), seconds(step, device)) for _ in range(repeats)]
+            pairs = [(seconds(uncached, device), seconds(cached, device)) for _ in range(repeats)]
             plain, fast = (statistics.median(p) for p in zip(*pairs, strict=True))
             rows.append(
                 {
