@@ -143,7 +143,6 @@ def summarise(rows: list[dict]) -> dict:
     cached = statistics.fmean(r["cached_s"] for r in rows)
     return {
         "floor_s": floor,
-        "floor_positions": rows[0]["forwarded_uncached"],
         "mean_uncached_s": uncached / len(rows),
         "mean_cached_s": cached,
         "decode_ratio": uncached / (cached * len(rows)),
@@ -205,7 +204,8 @@ def run_calls_bench(
     precision: str = "bf16",
     threads: int = 0,
 ) -> dict:
-    """Time every (model, width, batch size); write ``calls.json`` and ``calls.png``."""
+    """Time every (model, width, sequence length, batch size); write ``calls.json`` and
+    ``calls.png``."""
     if precision not in AUTOCASTS:
         raise PumaError(f"--precision must be one of {sorted(AUTOCASTS)}, got {precision!r}")
     if not models or not batch_sizes:

@@ -198,8 +198,7 @@ def cmd_calls(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``, ``sampling``,
-    ``calls``) to the
-    ``puma`` command's sub-parsers; each sub-command sets ``func``."""
+    ``calls``) to the ``puma`` command's sub-parsers; each sub-command sets ``func``."""
     from puma_mdm.bench.common import AUTOCASTS
     from puma_mdm.bench.throughput import SIZES, STRATEGIES
     from puma_mdm.sampling import CACHES, POLICIES
@@ -534,8 +533,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "the prefix cache",
         description=(
             "Time an uncached call (the whole prefix) against a cached one (the current block) at "
-            "every block end of block-diffusion and autoregressive models; fit the fixed cost "
-            "and the cost per position of a call; write calls.json and calls.png."
+            "every block end of block-diffusion and autoregressive models; report the floor (the "
+            "cheapest call over one block) and a whole decode's speed-up from the cache, measured "
+            "and at most; write calls.json and calls.png."
         ),
     )
     p.add_argument(
