@@ -46,6 +46,7 @@ def torchrun(script: str, *args: str, timeout: int) -> subprocess.CompletedProce
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
+        "PYTHONFAULTHANDLER": "1",  # a rank that aborts prints where (in the captured stderr)
     }
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     return subprocess.run(

@@ -49,12 +49,18 @@ TINY = [
 ]
 
 
+def trained_parameters(run: Path) -> torch.Tensor:
+    """Train the run; its parameters, flat (the trainer itself is gone on return, as at the end
+    of ``puma train``)."""
+    trainer = Trainer(load_config(bundled_config("sort"), [*TINY, f"logging.out_dir={run}"]))
+    trainer.train()
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
 def worker(out: Path) -> int:
     """Runs on every rank under torchrun."""
     run, resumed = out / "run", out / "resumed"
-    trainer = Trainer(load_config(bundled_config("sort"), [*TINY, f"logging.out_dir={run}"]))
-    trainer.train()
-    flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    flat = trained_parameters(run)
     replicas = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(replicas, flat)
     if dist.get_rank() == 0:

@@ -46,23 +46,27 @@ TINY = [
 ]
 
 
+def train(out: Path, parallel: str) -> dict:
+    """Train the run under ``parallel``; how its parameters are held (the trainer itself is gone
+    on return, as at the end of ``puma train``)."""
+    cfg = load_config(
+        bundled_config("sort"),
+        [*TINY, f"training.parallel={parallel}", f"logging.out_dir={out / parallel}"],
+    )
+    trainer = Trainer(cfg)
+    trainer.train()
+    params = list(trainer.model.parameters())
+    record = {"dtensor": all(isinstance(p, DTensor) for p in params)}
+    if record["dtensor"]:
+        record["local"] = sum(p.to_local().numel() for p in params)
+    return record | {"global": sum(p.numel() for p in params)}
+
+
 def worker(out: Path) -> int:
     """Runs on every rank under torchrun."""
-    for parallel in ("ddp", "fsdp"):
-        run = out / parallel
-        cfg = load_config(
-            bundled_config("sort"),
-            [*TINY, f"training.parallel={parallel}", f"logging.out_dir={run}"],
-        )
-        trainer = Trainer(cfg)
-        trainer.train()
-        if parallel == "fsdp":
-            params = list(trainer.model.parameters())
-            shards = [p.to_local().numel() for p in params]
-            total = [p.numel() for p in params]
-            record = {"dtensor": all(isinstance(p, DTensor) for p in params)}
-            record |= {"local": sum(shards), "global": sum(total)}
-            (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(record))
+    train(out, "ddp")
+    record = train(out, "fsdp")
+    (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(record))
     run, resumed = out / "fsdp", out / "resumed"
     if dist.get_rank() == 0:  # as if the FSDP run had died just after its step-20 checkpoint
         shutil.copytree(run, resumed, ignore=shutil.ignore_patterns("model", "best"))

@@ -44,17 +44,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.append(f"task.options.tokenizer={args.tokenizer}")
         cfg = load_config(config_path(args.config), overrides)
     try:
-        trainer = Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite)
-        metrics = trainer.train()
-        # every rank done with its last collective before any leaves: a rank that tears its
-        # gloo connections down while a peer still reads them aborts that peer. Not on errors,
-        # where a peer may never arrive.
-        trainer.dist.barrier()
+        metrics, is_main = run_training(
+            Trainer(cfg, resume=bool(args.resume), overwrite=args.overwrite)
+        )
     finally:
         shutdown()  # leave the torchrun process group, if any
-    if trainer.dist.is_main:
+    if is_main:
         print(json.dumps({"out_dir": cfg.logging.out_dir, **metrics}))
     return 0
+
+
+def run_training(trainer) -> tuple[dict, bool]:
+    """Train; return the final metrics and whether this is the main rank. Every rank waits for
+    the others before it returns (a rank that tears its gloo connections down while a peer
+    still reads them aborts that peer; not on errors, where a peer may never arrive), and the
+    trainer is left unreferenced, so :func:`shutdown` can free its distributed state before
+    the process group goes."""
+    metrics = trainer.train()
+    trainer.dist.barrier()
+    return metrics, trainer.dist.is_main
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ identity (``fsdp`` included), so the trainer has a single code path.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -157,6 +158,9 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def shutdown() -> None:
-    """Leave the process group (at the end of ``puma train``)."""
+    """Leave the process group (at the end of ``puma train``), after collecting unreachable
+    objects: a DDP reducer or FSDP state (and the gloo work it holds) freed later, during
+    interpreter shutdown and after its group is gone, aborts the process."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
