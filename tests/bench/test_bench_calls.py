@@ -108,3 +108,14 @@ def test_the_timed_cached_call_gives_the_uncached_logits(kind):
             want = model(x[:, :end])[:, end - width :]
             assert torch.allclose(got, want, atol=1e-5), end
             assert cache.length == end - width - model.cfg.shift
+
+
+def test_calls_bench_from_the_command_line(tmp_path, capsys):
+    block = saved(tmp_path, "block", block_size=4)
+    out = tmp_path / "o"
+    arguments = ["--model", block, "--seq-lens", "12", "--batch-sizes", "2", "--repeats", "1"]
+    assert main(["bench", "calls", *arguments, "--precision", "fp32", "--out-dir", str(out)]) == 0
+    report = json.loads((out / "calls.json").read_text())
+    assert [(r["seq_len"], r["batch_size"]) for r in report["results"]][1:] == [(12, 2)]
+    assert report["settings"]["precision"] == "fp32" and report["settings"]["repeats"] == 1
+    assert "decode ratio" in capsys.readouterr().out
