@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from puma_mdm.bench.common import AUTOCASTS, machine_info, sync
+from puma_mdm.bench.common import autocast_of, machine_info, sync
 from puma_mdm.errors import PumaError
 from puma_mdm.files import write_json
 from puma_mdm.losses import mdm_loss
@@ -87,8 +87,7 @@ def run_blocks_bench(
     threads: int = 0,
 ) -> dict:
     """Time both forms for every block size; write ``blocks.json`` and ``blocks.png``."""
-    if precision not in AUTOCASTS:
-        raise PumaError(f"--precision must be one of {sorted(AUTOCASTS)}, got {precision!r}")
+    dtype = autocast_of(precision)
     if repeats < 1 or batch_size < 1:
         raise PumaError(f"--repeats and --batch-size must be ≥ 1, got {repeats}, {batch_size}")
     if not block_sizes:
@@ -112,7 +111,7 @@ def run_blocks_bench(
     x0 = torch.randint(0, vocab_size, (batch_size, length), generator=generator, device=device_)
     rows = []
     for size in block_sizes:
-        seconds = time_block_steps(model, x0, size, repeats, AUTOCASTS[precision], generator)
+        seconds = time_block_steps(model, x0, size, repeats, dtype, generator)
         rows.append(
             {
                 "block_size": size,

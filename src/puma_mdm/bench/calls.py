@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from puma_mdm.bench.common import AUTOCASTS, machine_info, sync
+from puma_mdm.bench.common import autocast_of, machine_info, sync
 from puma_mdm.bench.sampling import parse_model
 from puma_mdm.errors import PumaError
 from puma_mdm.files import write_json
@@ -206,8 +206,7 @@ def run_calls_bench(
 ) -> dict:
     """Time every (model, width, sequence length, batch size); write ``calls.json`` and
     ``calls.png``."""
-    if precision not in AUTOCASTS:
-        raise PumaError(f"--precision must be one of {sorted(AUTOCASTS)}, got {precision!r}")
+    dtype = autocast_of(precision)
     if not models or not batch_sizes:
         raise PumaError("--model and --batch-sizes each need at least one value")
     if min(batch_sizes) < 1 or repeats < 1 or every < 1:
@@ -215,7 +214,6 @@ def run_calls_bench(
     named = [parse_model(m) for m in models]
     if threads:
         torch.set_num_threads(threads)
-    dtype = AUTOCASTS[precision]
     results = []
     for name, directory in named:
         trained, _ = load_trained(directory)

@@ -9,8 +9,18 @@ from pathlib import Path
 
 import torch
 
+from puma_mdm.errors import PumaError
+
 # Precisions the benchmarks time: name → autocast dtype (None: no autocast, fp32).
 AUTOCASTS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def autocast_of(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a benchmark's ``--precision``; a :class:`PumaError` for an unknown
+    one."""
+    if precision not in AUTOCASTS:
+        raise PumaError(f"--precision must be one of {sorted(AUTOCASTS)}, got {precision!r}")
+    return AUTOCASTS[precision]
 
 
 def cpu_model() -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from puma_mdm.bench.common import AUTOCASTS, machine_info, sync
+from puma_mdm.bench.common import autocast_of, machine_info, sync
 from puma_mdm.errors import PumaError
 from puma_mdm.files import write_json
 from puma_mdm.kinds import kind_of, sample
@@ -191,8 +191,7 @@ def run_sampling_bench(
 ) -> dict:
     """Run every (model, decoder, batch size, usable cache); write ``sampling.json`` and
     ``sampling.png`` into ``out_dir``."""
-    if precision not in AUTOCASTS:
-        raise PumaError(f"--precision must be one of {sorted(AUTOCASTS)}, got {precision!r}")
+    dtype = autocast_of(precision)
     if not models or not decoders or not batch_sizes:
         raise PumaError("--model, --decoders and --batch-sizes each need at least one value")
     if min(batch_sizes) < 1 or examples < 1 or single_examples < 1:
@@ -210,7 +209,6 @@ def run_sampling_bench(
     named = [parse_model(m) for m in models]
     if threads:
         torch.set_num_threads(threads)
-    dtype = AUTOCASTS[precision]
     rows = []
     for name, directory in named:
         model, task = load_trained(directory)

@@ -196,6 +196,18 @@ def cmd_calls(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_timing_arguments(p: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--threads``, as the timing benchmarks take them."""
+    from puma_mdm.bench.common import AUTOCASTS
+
+    p.add_argument(
+        "--precision", type=A.one_of(AUTOCASTS), default="bf16", help="fp32 or bf16 (autocast)"
+    )
+    p.add_argument(
+        "--threads", type=A.nonnegative_int, default=0, help="torch threads (0: torch's default)"
+    )
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` (``speedup``, ``throughput``, ``prime``, ``blocks``, ``sampling``,
     ``calls``) to the ``puma`` command's sub-parsers; each sub-command sets ``func``."""
@@ -436,14 +448,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--repeats", type=A.positive_int, default=5, help="timed steps per form and block size"
     )
     p.add_argument(
-        "--precision", type=A.one_of(AUTOCASTS), default="bf16", help="fp32 or bf16 (autocast)"
-    )
-    p.add_argument(
         "--device", type=A.device, default="auto", help="auto (cuda if present), cpu or cuda"
     )
-    p.add_argument(
-        "--threads", type=A.nonnegative_int, default=0, help="torch threads (0: torch's default)"
-    )
+    add_timing_arguments(p)
     p.add_argument(
         "--out-dir",
         type=A.output_dir,
@@ -510,15 +517,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--refresh", type=A.positive_int, default=4, help="dual cache: calls between refreshes"
     )
-    p.add_argument(
-        "--precision", type=A.one_of(AUTOCASTS), default="bf16", help="fp32 or bf16 (autocast)"
-    )
-    p.add_argument(
-        "--threads",
-        type=A.nonnegative_int,
-        default=0,
-        help="torch threads (0: torch's default)",
-    )
+    add_timing_arguments(p)
     p.add_argument(
         "--out-dir",
         type=A.output_dir,
@@ -573,15 +572,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=16,
         help="for autoregressive models: time every N-th position",
     )
-    p.add_argument(
-        "--precision", type=A.one_of(AUTOCASTS), default="bf16", help="fp32 or bf16 (autocast)"
-    )
-    p.add_argument(
-        "--threads",
-        type=A.nonnegative_int,
-        default=0,
-        help="torch threads (0: torch's default)",
-    )
+    add_timing_arguments(p)
     p.add_argument(
         "--out-dir",
         type=A.output_dir,
